@@ -1,0 +1,338 @@
+//! Building a [`DatabaseManager`]: settings are collected by a consuming
+//! builder and validated together in `build()`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{OnceCell, watch};
+use tracing::Instrument;
+
+use crate::config::{Config, DatabaseUrl};
+use crate::error::{Backend, Error, Result};
+use crate::manager::{DatabaseManager, Inner, Phase};
+#[cfg(feature = "mongodb")]
+use crate::mongo::MongoHandle;
+#[cfg(feature = "postgres")]
+use crate::postgres::{Hook, HookFuture, Hooks, PostgresPool};
+use crate::retry::{RetryPolicy, retry_notify};
+
+/// Builds a [`DatabaseManager`]; from [`DatabaseManager::builder`].
+///
+/// Setters take and return the builder and never fail: a problem is kept
+/// and returned by `build()`, after every setting has been checked
+/// together.
+#[must_use = "a builder does nothing until build(), build_lazy() or build_in_background()"]
+#[derive(Debug, Default)]
+pub struct DatabaseManagerBuilder {
+    config: Option<Config>,
+    retry: Option<RetryPolicy>,
+    postgres_url: Option<DatabaseUrl>,
+    mongodb_url: Option<DatabaseUrl>,
+    #[cfg(feature = "postgres")]
+    hooks: Hooks,
+    error: Option<Error>,
+}
+
+impl DatabaseManager {
+    /// Starts building a manager.
+    pub fn builder() -> DatabaseManagerBuilder {
+        DatabaseManagerBuilder::default()
+    }
+}
+
+impl DatabaseManagerBuilder {
+    /// The configuration. Default: [`Config::load`] at build time.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The start-up connect retry. Default: the configuration's `[retry]`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The PostgreSQL URL, overriding the configuration's.
+    pub fn postgres_url(mut self, url: impl Into<String>) -> Self {
+        self.postgres_url = Some(DatabaseUrl::new(url));
+        self
+    }
+
+    /// The MongoDB URL, overriding the configuration's.
+    pub fn mongodb_url(mut self, url: impl Into<String>) -> Self {
+        self.mongodb_url = Some(DatabaseUrl::new(url));
+        self
+    }
+
+    /// Runs on every new PostgreSQL connection before its first use (like
+    /// SQLAlchemy's `connect` event or HikariCP's `connectionInitSql`). An
+    /// error fails that connection. Default: none.
+    ///
+    /// ```
+    /// # fn demo(builder: dbmanager::DatabaseManagerBuilder) -> dbmanager::DatabaseManagerBuilder {
+    /// builder.on_connect(|client| Box::pin(async move {
+    ///     client.batch_execute("SET search_path TO app, public").await?;
+    ///     Ok(())
+    /// }))
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a tokio_postgres::Client) -> HookFuture<'a> + Send + Sync + 'static,
+    {
+        self.hooks.on_connect = Some(Hook::new(hook));
+        self
+    }
+
+    /// Runs on every checkout. An error discards that connection and
+    /// another is tried, so callers only see it when no connection passes.
+    /// Default: none.
+    #[cfg(feature = "postgres")]
+    pub fn on_checkout<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a tokio_postgres::Client) -> HookFuture<'a> + Send + Sync + 'static,
+    {
+        self.hooks.on_checkout = Some(Hook::new(hook));
+        self
+    }
+
+    /// Runs when a connection is returned, before it is idle again. An error
+    /// closes the connection. Default: none.
+    #[cfg(feature = "postgres")]
+    pub fn on_checkin<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a tokio_postgres::Client) -> HookFuture<'a> + Send + Sync + 'static,
+    {
+        self.hooks.on_checkin = Some(Hook::new(hook));
+        self
+    }
+
+    /// Connects now, retrying transient failures under the retry policy,
+    /// and warms the pools to `min_idle` / `min_size` before returning, so a
+    /// bad configuration fails at start-up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid settings; [`Error::Connect`] when a
+    /// database could not be reached (at once for permanent failures such as
+    /// a wrong password or an unknown database, after the retry budget for
+    /// transient ones).
+    pub async fn build(self) -> Result<DatabaseManager> {
+        let (manager, policy) = self.assemble(Phase::Connecting)?;
+        match connect(&manager, &policy).await {
+            Ok(()) => {
+                manager.set_phase(Phase::Ready);
+                Ok(manager)
+            }
+            Err(e) => {
+                manager.set_phase(Phase::Failed);
+                // Nothing else holds the pools: closing now frees the
+                // connections that did open.
+                let _ = manager.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds without opening any connection; the first use connects.
+    /// Readiness follows the probes from the start.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid settings.
+    pub fn build_lazy(self) -> Result<DatabaseManager> {
+        let (manager, _) = self.assemble(Phase::Ready)?;
+        #[cfg(feature = "postgres")]
+        if let Some(pool) = &manager.inner().postgres {
+            pool.start_maintenance();
+        }
+        Ok(manager)
+    }
+
+    /// Returns at once and connects in the background, as `build()` would.
+    /// Readiness is false until that succeeds; liveness turns false if it
+    /// fails for good. [`DatabaseManager::wait_ready`] waits for the outcome.
+    ///
+    /// Use it to serve liveness probes while the database is still coming
+    /// up. Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid settings.
+    pub fn build_in_background(self) -> Result<DatabaseManager> {
+        let (manager, policy) = self.assemble(Phase::Connecting)?;
+        let background = manager.clone();
+        let task = tokio::spawn(async move {
+            match connect(&background, &policy).await {
+                Ok(()) => background.set_phase(Phase::Ready),
+                Err(e) => {
+                    tracing::error!(target: "dbmanager", error = %e, "start-up connect failed");
+                    *background
+                        .inner()
+                        .startup_failure
+                        .lock()
+                        .expect("startup failure lock") = Some(e.to_string());
+                    background.set_phase(Phase::Failed);
+                }
+            }
+        });
+        *manager.inner().background.lock().expect("background lock") = Some(task);
+        Ok(manager)
+    }
+
+    fn assemble(self, phase: Phase) -> Result<(DatabaseManager, RetryPolicy)> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut config = match self.config {
+            Some(config) => config,
+            None => Config::load()?,
+        };
+        if let Some(url) = self.postgres_url {
+            config.postgres.url = Some(url);
+        }
+        if let Some(url) = self.mongodb_url {
+            config.mongodb.url = Some(url);
+        }
+        if let Some(policy) = self.retry {
+            config.retry = policy;
+        }
+        config.validate()?;
+        if !config.postgres.is_configured() && !config.mongodb.is_configured() {
+            return Err(Error::NotConfigured {
+                backend: Backend::Postgres,
+                hint: "DATABASE_URL or MONGODB_URL (neither database is configured)",
+            });
+        }
+        #[cfg(feature = "postgres")]
+        let postgres = match config.postgres.is_configured() {
+            true => Some(PostgresPool::new(&config.postgres, self.hooks)?),
+            false => None,
+        };
+        #[cfg(not(feature = "postgres"))]
+        if config.postgres.is_configured() {
+            return Err(Error::config(
+                "postgres.url",
+                "is set but this build lacks the `postgres` feature",
+            ));
+        }
+        #[cfg(feature = "mongodb")]
+        let mongo = match config.mongodb.is_configured() {
+            true => Some(MongoHandle::new(&config.mongodb)?),
+            false => None,
+        };
+        #[cfg(not(feature = "mongodb"))]
+        if config.mongodb.is_configured() {
+            return Err(Error::config(
+                "mongodb.url",
+                "is set but this build lacks the `mongodb` feature",
+            ));
+        }
+        let policy = config.retry.clone();
+        let manager = DatabaseManager::from_inner(Inner {
+            config,
+            #[cfg(feature = "postgres")]
+            postgres,
+            #[cfg(feature = "mongodb")]
+            mongo,
+            phase: watch::Sender::new(phase),
+            startup_failure: Mutex::new(None),
+            background: Mutex::new(None),
+            shutdown: OnceCell::new(),
+        });
+        Ok((manager, policy))
+    }
+}
+
+/// Connects every configured database concurrently, each under the retry
+/// policy, then warms the pools.
+async fn connect(manager: &DatabaseManager, policy: &RetryPolicy) -> Result<()> {
+    #[cfg(feature = "postgres")]
+    let postgres = async {
+        let Some(pool) = &manager.inner().postgres else {
+            return Ok(());
+        };
+        let span = tracing::info_span!("dbmanager.connect", database = "postgres", target = %pool.target());
+        async {
+            let started = Instant::now();
+            let attempts = with_retry(policy, Backend::Postgres, || pool.connect_once()).await?;
+            let warmed = pool.warm_up().await;
+            pool.start_maintenance();
+            tracing::info!(
+                target: "dbmanager",
+                attempts,
+                warmed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "connected to PostgreSQL"
+            );
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await
+    };
+    #[cfg(not(feature = "postgres"))]
+    let postgres = async { Ok::<_, Error>(()) };
+    #[cfg(feature = "mongodb")]
+    let mongo = async {
+        let Some(handle) = &manager.inner().mongo else {
+            return Ok(());
+        };
+        let span = tracing::info_span!("dbmanager.connect", database = "mongodb", target = %handle.target());
+        async {
+            let started = Instant::now();
+            let attempts = with_retry(policy, Backend::Mongodb, || handle.ping_once()).await?;
+            let warmed = handle.warm_up().await;
+            tracing::info!(
+                target: "dbmanager",
+                attempts,
+                warmed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "connected to MongoDB"
+            );
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await
+    };
+    #[cfg(not(feature = "mongodb"))]
+    let mongo = async { Ok::<_, Error>(()) };
+    let (postgres, mongo) = tokio::join!(postgres, mongo);
+    postgres.and(mongo)
+}
+
+/// Runs one connect attempt under the policy; returns how many attempts it
+/// took, or the last error with the totals filled in.
+async fn with_retry<F, Fut>(policy: &RetryPolicy, backend: Backend, attempt: F) -> Result<u32>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    let attempts = AtomicU32::new(0);
+    let result = retry_notify(
+        policy,
+        "connect",
+        || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            attempt()
+        },
+        |_, _, _| crate::metrics::connect_retry(backend),
+    )
+    .await;
+    let attempts = attempts.load(Ordering::Relaxed);
+    result.map(|()| attempts).map_err(|mut e| {
+        if let Error::Connect {
+            attempts: a,
+            elapsed,
+            ..
+        } = &mut e
+        {
+            *a = attempts;
+            *elapsed = started.elapsed();
+        }
+        e
+    })
+}

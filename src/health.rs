@@ -1,0 +1,167 @@
+//! Health reports with liveness/readiness semantics.
+//!
+//! - **Liveness** ([`crate::DatabaseManager::liveness`]) never touches a
+//!   database: a database outage must not make an orchestrator restart a
+//!   healthy process.
+//! - **Readiness** ([`crate::DatabaseManager::readiness`]) is false while
+//!   connecting, while a required database is down, and while draining.
+//! - **Health** ([`crate::DatabaseManager::health`]) is the detailed report:
+//!   one component per configured database, each probed under its own
+//!   timeout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::pool_status::PoolStatus;
+
+/// The state of a component or of the whole report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Working.
+    Up,
+    /// An optional component is down; the service works with less.
+    Degraded,
+    /// A required component is down.
+    Down,
+}
+
+impl fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthStatus::Up => "up",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Down => "down",
+        })
+    }
+}
+
+/// MongoDB's view of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    /// `standalone`, `replica_set` or `sharded`.
+    pub kind: String,
+    /// The servers the driver knows, `host:port`.
+    pub servers: Vec<String>,
+    /// The replica set name, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_name: Option<String>,
+}
+
+/// One database's health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ComponentHealth {
+    /// `up` or `down`.
+    pub status: HealthStatus,
+    /// Whether its failure makes the whole report `down` (else `degraded`).
+    pub required: bool,
+    /// How long the probe took, in milliseconds (absent when it failed).
+    pub latency_ms: Option<f64>,
+    /// The server's version (`15.18`, `7.0.0`).
+    pub server_version: Option<String>,
+    /// The database name.
+    pub database: Option<String>,
+    /// MongoDB's topology (absent for PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    /// The connection pool.
+    pub pool: Option<PoolStatus>,
+    /// Mean wait for a pooled connection since the previous probe, in
+    /// milliseconds (MongoDB, from the driver's pool events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkout_wait_ms: Option<f64>,
+    /// Why the probe failed, without secrets.
+    pub error: Option<String>,
+}
+
+impl ComponentHealth {
+    /// A component that has not (yet) answered: down, with nothing known.
+    pub(crate) fn new(required: bool) -> Self {
+        ComponentHealth {
+            status: HealthStatus::Down,
+            required,
+            latency_ms: None,
+            server_version: None,
+            database: None,
+            topology: None,
+            pool: None,
+            checkout_wait_ms: None,
+            error: None,
+        }
+    }
+}
+
+/// The health of every configured database.
+///
+/// Serializes to the stable JSON documented in the README:
+/// `{"status": "up", "components": {"postgres": {...}, "mongodb": {...}}}`.
+/// A database that is not configured is absent, not `down`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// `up` when every component is up; `degraded` when only optional ones
+    /// are down; `down` when a required one is down or the manager is
+    /// shutting down.
+    pub status: HealthStatus,
+    /// One entry per configured database: `postgres`, `mongodb`.
+    pub components: BTreeMap<String, ComponentHealth>,
+}
+
+impl HealthReport {
+    /// Builds a report, deriving the overall status from the components.
+    pub(crate) fn from_components(components: BTreeMap<String, ComponentHealth>) -> Self {
+        let status = overall(components.values());
+        HealthReport { status, components }
+    }
+
+    /// Whether the report is `up` or `degraded`: the service can work.
+    pub fn is_healthy(&self) -> bool {
+        self.status != HealthStatus::Down
+    }
+}
+
+/// Down if a required component is down, degraded if an optional one is,
+/// up otherwise.
+pub(crate) fn overall<'a>(
+    components: impl IntoIterator<Item = &'a ComponentHealth>,
+) -> HealthStatus {
+    let mut status = HealthStatus::Up;
+    for c in components {
+        if c.status == HealthStatus::Down {
+            if c.required {
+                return HealthStatus::Down;
+            }
+            status = HealthStatus::Degraded;
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(status: HealthStatus, required: bool) -> ComponentHealth {
+        ComponentHealth {
+            status,
+            ..ComponentHealth::new(required)
+        }
+    }
+
+    #[test]
+    fn optional_down_is_degraded_required_down_is_down() {
+        let up = component(HealthStatus::Up, true);
+        let optional_down = component(HealthStatus::Down, false);
+        let required_down = component(HealthStatus::Down, true);
+        assert_eq!(overall([&up]), HealthStatus::Up);
+        assert_eq!(overall([&up, &optional_down]), HealthStatus::Degraded);
+        assert_eq!(
+            overall([&optional_down, &required_down]),
+            HealthStatus::Down
+        );
+        assert_eq!(overall([]), HealthStatus::Up);
+    }
+}

@@ -1,0 +1,219 @@
+//! Metric names and recording, through the [`metrics`](https://docs.rs/metrics)
+//! facade (feature `metrics`).
+//!
+//! Any exporter works: install a recorder (Prometheus, StatsD, ...) in the
+//! application and these metrics appear. Every metric has the label
+//! `database` (`postgres` or `mongodb`). Without the feature every function
+//! here compiles to nothing.
+//!
+//! | name | type | unit | labels | meaning |
+//! | --- | --- | --- | --- | --- |
+//! | `dbmanager_pool_max_connections` | gauge | connections | database | pool's maximum size |
+//! | `dbmanager_pool_open_connections` | gauge | connections | database | open now (idle + in use) |
+//! | `dbmanager_pool_idle_connections` | gauge | connections | database | idle in the pool |
+//! | `dbmanager_pool_in_use_connections` | gauge | connections | database | checked out |
+//! | `dbmanager_pool_waiting_requests` | gauge | requests | database | callers waiting for a connection |
+//! | `dbmanager_connections_created_total` | counter | connections | database | connections opened |
+//! | `dbmanager_connections_closed_total` | counter | connections | database, reason | connections closed, by `reason`: `lifetime`, `idle`, `broken`, `excess`, `hook`, `discarded`, `shutdown` |
+//! | `dbmanager_acquire_timeouts_total` | counter | errors | database | `get()` calls that timed out |
+//! | `dbmanager_connect_errors_total` | counter | errors | database, kind | failed connection attempts, by [`crate::FailureKind`] |
+//! | `dbmanager_connect_retries_total` | counter | attempts | database | start-up connect retries |
+//! | `dbmanager_connection_leaks_total` | counter | connections | database | connections held past `leak_detection_threshold` |
+//! | `dbmanager_acquire_wait_seconds` | histogram | seconds | database | time `get()` waited |
+//! | `dbmanager_connection_hold_seconds` | histogram | seconds | database | time a connection stayed checked out |
+//! | `dbmanager_connect_seconds` | histogram | seconds | database | time to open one connection |
+//! | `dbmanager_health_probe_seconds` | histogram | seconds | database | health probe latency |
+//!
+//! PostgreSQL gauges are sampled on every maintenance tick
+//! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
+//! gauges move with the driver's pool events.
+
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+
+use std::time::Duration;
+
+use crate::error::{Backend, FailureKind};
+use crate::pool_status::PoolStatus;
+
+/// Why a connection was closed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    Lifetime,
+    Idle,
+    Broken,
+    Excess,
+    Hook,
+    Discarded,
+    Shutdown,
+}
+
+impl CloseReason {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Idle => "idle",
+            CloseReason::Broken => "broken",
+            CloseReason::Excess => "excess",
+            CloseReason::Hook => "hook",
+            CloseReason::Discarded => "discarded",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Metric names, for exporters' allow-lists and dashboards.
+pub mod names {
+    /// Gauge: the pool's maximum size.
+    pub const POOL_MAX: &str = "dbmanager_pool_max_connections";
+    /// Gauge: open connections.
+    pub const POOL_OPEN: &str = "dbmanager_pool_open_connections";
+    /// Gauge: idle connections.
+    pub const POOL_IDLE: &str = "dbmanager_pool_idle_connections";
+    /// Gauge: connections in use.
+    pub const POOL_IN_USE: &str = "dbmanager_pool_in_use_connections";
+    /// Gauge: callers waiting for a connection.
+    pub const POOL_WAITING: &str = "dbmanager_pool_waiting_requests";
+    /// Counter: connections opened.
+    pub const CREATED: &str = "dbmanager_connections_created_total";
+    /// Counter: connections closed, label `reason`.
+    pub const CLOSED: &str = "dbmanager_connections_closed_total";
+    /// Counter: acquire timeouts.
+    pub const ACQUIRE_TIMEOUTS: &str = "dbmanager_acquire_timeouts_total";
+    /// Counter: failed connection attempts, label `kind`.
+    pub const CONNECT_ERRORS: &str = "dbmanager_connect_errors_total";
+    /// Counter: start-up connect retries.
+    pub const CONNECT_RETRIES: &str = "dbmanager_connect_retries_total";
+    /// Counter: connections held past the leak threshold.
+    pub const LEAKS: &str = "dbmanager_connection_leaks_total";
+    /// Histogram: seconds `get()` waited.
+    pub const ACQUIRE_WAIT: &str = "dbmanager_acquire_wait_seconds";
+    /// Histogram: seconds a connection was held.
+    pub const HOLD: &str = "dbmanager_connection_hold_seconds";
+    /// Histogram: seconds to open a connection.
+    pub const CONNECT_TIME: &str = "dbmanager_connect_seconds";
+    /// Histogram: seconds a health probe took.
+    pub const PROBE: &str = "dbmanager_health_probe_seconds";
+}
+
+/// Registers descriptions and units of every metric with the installed
+/// recorder. Optional: call it once after installing an exporter so that
+/// it can show help texts.
+#[cfg(feature = "metrics")]
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use names::*;
+    describe_gauge!(POOL_MAX, Unit::Count, "Maximum size of the connection pool");
+    describe_gauge!(POOL_OPEN, Unit::Count, "Open connections (idle + in use)");
+    describe_gauge!(POOL_IDLE, Unit::Count, "Idle connections in the pool");
+    describe_gauge!(POOL_IN_USE, Unit::Count, "Connections checked out");
+    describe_gauge!(
+        POOL_WAITING,
+        Unit::Count,
+        "Callers waiting for a connection"
+    );
+    describe_counter!(CREATED, Unit::Count, "Connections opened");
+    describe_counter!(CLOSED, Unit::Count, "Connections closed, by reason");
+    describe_counter!(
+        ACQUIRE_TIMEOUTS,
+        Unit::Count,
+        "Acquire calls that timed out"
+    );
+    describe_counter!(
+        CONNECT_ERRORS,
+        Unit::Count,
+        "Failed connection attempts, by kind"
+    );
+    describe_counter!(CONNECT_RETRIES, Unit::Count, "Start-up connect retries");
+    describe_counter!(
+        LEAKS,
+        Unit::Count,
+        "Connections held past the leak detection threshold"
+    );
+    describe_histogram!(
+        ACQUIRE_WAIT,
+        Unit::Seconds,
+        "Time spent waiting for a connection"
+    );
+    describe_histogram!(HOLD, Unit::Seconds, "Time a connection stayed checked out");
+    describe_histogram!(CONNECT_TIME, Unit::Seconds, "Time to open one connection");
+    describe_histogram!(PROBE, Unit::Seconds, "Health probe latency");
+}
+
+#[inline]
+pub(crate) fn pool_gauges(backend: Backend, status: &PoolStatus) {
+    #[cfg(feature = "metrics")]
+    {
+        let db = backend.as_str();
+        metrics::gauge!(names::POOL_MAX, "database" => db).set(status.max_size as f64);
+        metrics::gauge!(names::POOL_OPEN, "database" => db).set(status.open as f64);
+        metrics::gauge!(names::POOL_IDLE, "database" => db).set(status.idle as f64);
+        metrics::gauge!(names::POOL_IN_USE, "database" => db).set(status.in_use as f64);
+        metrics::gauge!(names::POOL_WAITING, "database" => db).set(status.waiting as f64);
+    }
+}
+
+#[inline]
+pub(crate) fn connection_created(backend: Backend, took: Option<Duration>) {
+    #[cfg(feature = "metrics")]
+    {
+        let db = backend.as_str();
+        metrics::counter!(names::CREATED, "database" => db).increment(1);
+        if let Some(took) = took {
+            metrics::histogram!(names::CONNECT_TIME, "database" => db).record(took.as_secs_f64());
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn connections_closed(backend: Backend, reason: CloseReason, count: u64) {
+    #[cfg(feature = "metrics")]
+    if count > 0 {
+        metrics::counter!(names::CLOSED, "database" => backend.as_str(), "reason" => reason.as_str())
+            .increment(count);
+    }
+}
+
+#[inline]
+pub(crate) fn acquired(backend: Backend, waited: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(names::ACQUIRE_WAIT, "database" => backend.as_str())
+        .record(waited.as_secs_f64());
+}
+
+#[inline]
+pub(crate) fn acquire_timeout(backend: Backend) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::ACQUIRE_TIMEOUTS, "database" => backend.as_str()).increment(1);
+}
+
+#[inline]
+pub(crate) fn released(backend: Backend, held: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(names::HOLD, "database" => backend.as_str()).record(held.as_secs_f64());
+}
+
+#[inline]
+pub(crate) fn connect_error(backend: Backend, kind: FailureKind) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::CONNECT_ERRORS, "database" => backend.as_str(), "kind" => kind.as_str())
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn connect_retry(backend: Backend) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::CONNECT_RETRIES, "database" => backend.as_str()).increment(1);
+}
+
+#[inline]
+pub(crate) fn leak(backend: Backend) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::LEAKS, "database" => backend.as_str()).increment(1);
+}
+
+#[inline]
+pub(crate) fn probe(backend: Backend, latency: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(names::PROBE, "database" => backend.as_str()).record(latency.as_secs_f64());
+}

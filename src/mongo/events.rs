@@ -1,0 +1,133 @@
+//! Pool figures computed from the driver's connection-pool (CMAP) events:
+//! the driver publishes events but no pool statistics of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mongodb::event::EventHandler;
+use mongodb::event::cmap::{CmapEvent, ConnectionCheckoutFailedReason, ConnectionClosedReason};
+use tokio::sync::Notify;
+
+use crate::error::Backend;
+use crate::metrics::{self, CloseReason};
+
+/// Counters fed by the event handler.
+#[derive(Debug, Default)]
+pub(crate) struct PoolEvents {
+    pub open: AtomicI64,
+    pub in_use: AtomicI64,
+    pub waiting: AtomicI64,
+    pub created: AtomicU64,
+    pub closed: AtomicU64,
+    pub checkouts: AtomicU64,
+    pub checkout_failures: AtomicU64,
+    pub checkout_timeouts: AtomicU64,
+    pub checkout_wait_total_us: AtomicU64,
+    pub checkout_wait_max_us: AtomicU64,
+    /// Sum and count of checkout waits since the last health probe.
+    pub recent_wait_us: AtomicU64,
+    pub recent_checkouts: AtomicU64,
+    /// Notified on every check-in and close, for drain and warm-up.
+    pub changed: Notify,
+}
+
+fn clamp(value: i64) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+impl PoolEvents {
+    pub fn open(&self) -> usize {
+        clamp(self.open.load(Ordering::Acquire))
+    }
+
+    pub fn in_use(&self) -> usize {
+        clamp(self.in_use.load(Ordering::Acquire))
+    }
+
+    pub fn waiting(&self) -> usize {
+        clamp(self.waiting.load(Ordering::Acquire))
+    }
+
+    /// Mean checkout wait since the previous call, in milliseconds; `None`
+    /// when nothing was checked out meanwhile.
+    pub fn take_recent_wait_ms(&self) -> Option<f64> {
+        let count = self.recent_checkouts.swap(0, Ordering::AcqRel);
+        let total = self.recent_wait_us.swap(0, Ordering::AcqRel);
+        (count > 0).then(|| total as f64 / count as f64 / 1000.0)
+    }
+
+    fn handle(&self, event: CmapEvent) {
+        match event {
+            CmapEvent::ConnectionCreated(_) => {
+                self.open.fetch_add(1, Ordering::AcqRel);
+                self.created.fetch_add(1, Ordering::Relaxed);
+            }
+            CmapEvent::ConnectionReady(e) => {
+                metrics::connection_created(Backend::Mongodb, Some(e.duration))
+            }
+            CmapEvent::ConnectionClosed(e) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.closed.fetch_add(1, Ordering::Relaxed);
+                let reason = match e.reason {
+                    ConnectionClosedReason::Idle => CloseReason::Idle,
+                    ConnectionClosedReason::PoolClosed => CloseReason::Shutdown,
+                    _ => CloseReason::Broken,
+                };
+                metrics::connections_closed(Backend::Mongodb, reason, 1);
+                self.changed.notify_waiters();
+            }
+            CmapEvent::ConnectionCheckoutStarted(_) => {
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            CmapEvent::ConnectionCheckoutFailed(e) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.checkout_failures.fetch_add(1, Ordering::Relaxed);
+                if e.reason == ConnectionCheckoutFailedReason::Timeout {
+                    self.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                    metrics::acquire_timeout(Backend::Mongodb);
+                }
+            }
+            CmapEvent::ConnectionCheckedOut(e) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.in_use.fetch_add(1, Ordering::AcqRel);
+                self.record_wait(e.duration);
+            }
+            CmapEvent::ConnectionCheckedIn(_) => {
+                self.in_use.fetch_sub(1, Ordering::AcqRel);
+                self.changed.notify_waiters();
+            }
+            _ => {}
+        }
+    }
+
+    fn record_wait(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.checkout_wait_total_us.fetch_add(us, Ordering::Relaxed);
+        self.checkout_wait_max_us.fetch_max(us, Ordering::Relaxed);
+        self.recent_wait_us.fetch_add(us, Ordering::Relaxed);
+        self.recent_checkouts.fetch_add(1, Ordering::Relaxed);
+        metrics::acquired(Backend::Mongodb, wait);
+    }
+}
+
+/// The handler to install in the client options.
+pub(crate) fn handler(events: Arc<PoolEvents>, max_size: usize) -> EventHandler<CmapEvent> {
+    EventHandler::callback(move |event| {
+        events.handle(event);
+        metrics::pool_gauges(Backend::Mongodb, &status(&events, max_size));
+    })
+}
+
+pub(crate) fn status(events: &PoolEvents, max_size: usize) -> crate::PoolStatus {
+    let open = events.open();
+    let in_use = events.in_use().min(open);
+    crate::PoolStatus {
+        max_size,
+        open,
+        idle: open - in_use,
+        in_use,
+        waiting: events.waiting(),
+    }
+}

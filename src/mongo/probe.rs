@@ -1,0 +1,115 @@
+//! The MongoDB health probe: ping latency, server version and topology.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+
+use super::MongoHandle;
+use crate::config::scrub;
+use crate::error::{Backend, Error};
+use crate::health::{ComponentHealth, HealthStatus, Topology};
+use crate::metrics;
+
+impl MongoHandle {
+    /// Pings, then asks `hello` and `buildInfo`, all within `timeout`. The
+    /// latency reported is the ping's.
+    pub(crate) async fn probe(&self, timeout: Duration, required: bool) -> ComponentHealth {
+        let mut health = ComponentHealth::new(required);
+        health.database = Some(self.database_name().to_string());
+        if self.is_draining() {
+            health.error = Some("shutting down".into());
+            health.pool = Some(self.status());
+            return health;
+        }
+        let admin = self.client().database("admin");
+        let outcome = tokio::time::timeout(timeout, async {
+            let started = Instant::now();
+            admin
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map_err(|e| Error::mongo("ping", e))?;
+            let latency = started.elapsed();
+            let hello = admin
+                .run_command(doc! { "hello": 1 })
+                .await
+                .map_err(|e| Error::mongo("hello", e))?;
+            let build = admin
+                .run_command(doc! { "buildInfo": 1 })
+                .await
+                .map_err(|e| Error::mongo("buildInfo", e))?;
+            Ok::<_, Error>((latency, hello, build))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((latency, hello, build))) => {
+                metrics::probe(Backend::Mongodb, latency);
+                health.status = HealthStatus::Up;
+                health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
+                health.server_version = build.get_str("version").ok().map(str::to_string);
+                health.topology = Some(topology(&hello, self.target()));
+            }
+            Ok(Err(error)) => health.error = Some(scrub(&error.to_string(), self.secrets())),
+            Err(_) => {
+                health.error = Some(format!("no answer within the probe timeout of {timeout:?}"))
+            }
+        }
+        health.checkout_wait_ms = self.events().take_recent_wait_ms();
+        health.pool = Some(self.status());
+        health
+    }
+}
+
+/// Reads the deployment's shape from a `hello` reply.
+fn topology(hello: &Document, target: &str) -> Topology {
+    let strings = |key: &str| -> Vec<String> {
+        hello
+            .get_array(key)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let set_name = hello.get_str("setName").ok().map(str::to_string);
+    let kind = if set_name.is_some() {
+        "replica_set"
+    } else if hello.get_str("msg").ok() == Some("isdbgrid") {
+        "sharded"
+    } else {
+        "standalone"
+    };
+    let mut servers = strings("hosts");
+    servers.extend(strings("passives"));
+    if servers.is_empty() {
+        // `user@host:port/db` -> `host:port` (comma-separated seeds split).
+        let hosts = target.rsplit('@').next().unwrap_or(target);
+        let hosts = hosts.split('/').next().unwrap_or(hosts);
+        servers = hosts.split(',').map(str::to_string).collect();
+    }
+    Topology {
+        kind: kind.to_string(),
+        servers,
+        set_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_kinds() {
+        let standalone = topology(&doc! { "isWritablePrimary": true }, "app@db:27017/app");
+        assert_eq!(standalone.kind, "standalone");
+        assert_eq!(standalone.servers, ["db:27017"]);
+        let rs = topology(
+            &doc! { "setName": "rs0", "hosts": ["a:1", "b:2"] },
+            "a:1,b:2",
+        );
+        assert_eq!(rs.kind, "replica_set");
+        assert_eq!(rs.servers, ["a:1", "b:2"]);
+        let sharded = topology(&doc! { "msg": "isdbgrid" }, "mongos:27017");
+        assert_eq!(sharded.kind, "sharded");
+    }
+}

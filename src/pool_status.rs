@@ -1,0 +1,32 @@
+//! A snapshot of a connection pool, the same for PostgreSQL and MongoDB.
+
+use std::fmt;
+
+/// How many connections a pool has and what they are doing, at one moment.
+///
+/// The figures are read without stopping the pool, so under load they are
+/// a consistent-enough picture rather than an exact one. They are the same
+/// numbers the `dbmanager_pool_*` gauges report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PoolStatus {
+    /// The most connections the pool will open.
+    pub max_size: usize,
+    /// Connections open now (idle + in use).
+    pub open: usize,
+    /// Open connections waiting in the pool for a caller.
+    pub idle: usize,
+    /// Connections checked out by callers.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+impl fmt::Display for PoolStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "max_size {}, open {}, idle {}, in_use {}, waiting {}",
+            self.max_size, self.open, self.idle, self.in_use, self.waiting
+        )
+    }
+}

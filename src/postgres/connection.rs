@@ -1,0 +1,197 @@
+//! A checked-out connection: use it like a `tokio_postgres::Client`; it goes
+//! back to the pool when dropped.
+
+use std::ops::{Deref, DerefMut};
+use std::panic::Location;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::Object;
+use deadpool_postgres::ClientWrapper;
+use tokio::task::JoinHandle;
+
+use super::manager::PgManager;
+use super::shared::Shared;
+use crate::error::Backend;
+use crate::metrics::{self, CloseReason};
+
+/// A pooled PostgreSQL connection.
+///
+/// It dereferences to deadpool-postgres' [`ClientWrapper`], so every
+/// `tokio_postgres::Client` method works, plus the statement cache
+/// (`prepare_cached`) and cached transactions. Dropping it returns the
+/// connection to the pool (after the `on_checkin` hook, if any).
+pub struct PooledConnection {
+    object: Option<Object<PgManager>>,
+    shared: Arc<Shared>,
+    checked_out_at: Instant,
+    leak_watch: Option<LeakWatch>,
+}
+
+/// Watches one checkout for leaks, like HikariCP's leak task: a timer that
+/// warns once if the connection is still held at the threshold.
+struct LeakWatch {
+    timer: JoinHandle<()>,
+    reported: Arc<AtomicBool>,
+    acquired_at: &'static Location<'static>,
+}
+
+impl PooledConnection {
+    pub(crate) fn new(
+        object: Object<PgManager>,
+        shared: Arc<Shared>,
+        checked_out_at: Instant,
+        caller: &'static Location<'static>,
+    ) -> Self {
+        let leak_watch = shared
+            .settings
+            .leak_detection_threshold
+            .map(|threshold| LeakWatch::start(threshold, caller, &shared));
+        PooledConnection {
+            object: Some(object),
+            shared,
+            checked_out_at,
+            leak_watch,
+        }
+    }
+
+    /// How long this connection has been checked out.
+    pub fn held_for(&self) -> Duration {
+        self.checked_out_at.elapsed()
+    }
+
+    /// Closes the connection instead of returning it to the pool, for a
+    /// session whose state cannot be reset (a `SET ROLE` you cannot undo, a
+    /// protocol error mid-stream). The pool opens a fresh one when needed.
+    pub fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            self.finish();
+            self.shared.closed(CloseReason::Discarded, 1);
+            drop(Object::take(object));
+        }
+    }
+
+    fn finish(&mut self) -> Instant {
+        let now = Instant::now();
+        let held = now.saturating_duration_since(self.checked_out_at);
+        metrics::released(Backend::Postgres, held);
+        if let Some(watch) = self.leak_watch.take() {
+            watch.finish(held);
+        }
+        self.shared.checked_in();
+        now
+    }
+}
+
+impl LeakWatch {
+    fn start(
+        threshold: Duration,
+        caller: &'static Location<'static>,
+        shared: &Arc<Shared>,
+    ) -> Self {
+        let reported = Arc::new(AtomicBool::new(false));
+        let flag = reported.clone();
+        let shared = shared.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(threshold).await;
+            flag.store(true, Ordering::Release);
+            shared.counters.leaks.fetch_add(1, Ordering::Relaxed);
+            metrics::leak(Backend::Postgres);
+            tracing::warn!(
+                target: "dbmanager::postgres",
+                acquired_at = %caller,
+                threshold_ms = threshold.as_millis() as u64,
+                "connection held longer than leak_detection_threshold; possible leak (acquired at {caller})"
+            );
+        });
+        LeakWatch {
+            timer,
+            reported,
+            acquired_at: caller,
+        }
+    }
+
+    fn finish(self, held: Duration) {
+        self.timer.abort();
+        if self.reported.load(Ordering::Acquire) {
+            tracing::info!(
+                target: "dbmanager::postgres",
+                acquired_at = %self.acquired_at,
+                held_ms = held.as_millis() as u64,
+                "a connection reported as possibly leaked was returned"
+            );
+        }
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self
+            .object
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+            .client
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        &mut self
+            .object
+            .as_mut()
+            .expect("a pooled connection is present until dropped")
+            .client
+    }
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("database", &self.shared.database)
+            .field("held_for", &self.held_for())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(mut object) = self.object.take() else {
+            return;
+        };
+        let now = self.finish();
+        object.last_released = now;
+        if let Some(hook) = self.shared.hooks.on_checkin.clone() {
+            // The hook is async; the connection goes back once it is done.
+            let shared = self.shared.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = hook.call(&object.client).await {
+                        tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkin hook failed; closing the connection");
+                        shared.closed(CloseReason::Hook, 1);
+                        drop(Object::take(object));
+                    } else {
+                        return_or_close(&shared, object);
+                    }
+                });
+                return;
+            }
+        }
+        return_or_close(&self.shared, object);
+    }
+}
+
+/// Returns a connection to the pool, or closes it when the pool already
+/// keeps `max_idle` idle connections (SQLAlchemy's overflow behaviour).
+fn return_or_close(shared: &Shared, object: Object<PgManager>) {
+    if let Some(max_idle) = shared.settings.max_idle {
+        if let Some(pool) = Object::pool(&object) {
+            if pool.status().available >= max_idle {
+                shared.closed(CloseReason::Excess, 1);
+                drop(Object::take(object));
+            }
+        }
+    }
+}

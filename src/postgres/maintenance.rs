@@ -1,0 +1,125 @@
+//! Keeping the pool healthy between checkouts: closing broken, expired and
+//! surplus idle connections, and topping idle connections up to `min_idle`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Object, Pool, Timeouts, WeakPool};
+use futures_util::future::join_all;
+use tokio::task::JoinHandle;
+
+use super::manager::{PgManager, idle_for};
+use super::shared::Shared;
+use crate::error::Backend;
+use crate::metrics::{self, CloseReason};
+
+/// Closes idle connections that are broken, past their lifetime, or idle
+/// past `idle_timeout` while more than `min_idle` are idle. Connections in
+/// use are not in the idle queue, so they are never closed here.
+pub(crate) fn reap(pool: &Pool<PgManager>, shared: &Shared) {
+    let now = Instant::now();
+    let (mut broken, mut expired) = (0u64, 0u64);
+    let removed = pool.retain(|conn, _| {
+        if conn.client.is_closed() {
+            broken += 1;
+            false
+        } else if conn.is_expired(now) {
+            expired += 1;
+            false
+        } else {
+            true
+        }
+    });
+    drop(removed.removed);
+    shared.closed(CloseReason::Broken, broken);
+    shared.closed(CloseReason::Lifetime, expired);
+
+    let Some(idle_timeout) = shared.settings.idle_timeout else {
+        return;
+    };
+    let mut surplus = removed.retained.saturating_sub(shared.settings.min_idle);
+    if surplus == 0 {
+        return;
+    }
+    let mut idle = 0u64;
+    let removed = pool.retain(|conn, _| {
+        if surplus > 0 && idle_for(conn, now) >= idle_timeout {
+            surplus -= 1;
+            idle += 1;
+            false
+        } else {
+            true
+        }
+    });
+    drop(removed.removed);
+    shared.closed(CloseReason::Idle, idle);
+    if idle + broken + expired > 0 {
+        tracing::debug!(target: "dbmanager::postgres", broken, expired, idle, "reaped connections");
+    }
+}
+
+/// Opens connections, all at once, until `target` are idle (or the pool is
+/// full). Returns how many were opened. Callers are never queued behind
+/// this: it only takes connections that are free right now.
+pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize) -> usize {
+    let status = pool.status();
+    let in_use = shared.checked_out.load(Ordering::Acquire);
+    let idle = status.size.saturating_sub(in_use);
+    let room = status.max_size.saturating_sub(status.size);
+    let missing = target.saturating_sub(idle).min(room);
+    if missing == 0 {
+        return 0;
+    }
+    let base = pool.timeouts();
+    let timeouts = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..base
+    };
+    // Taking the idle ones too makes the pool open `missing` new ones; they
+    // all go back together at the end.
+    let results = join_all((0..idle + missing).map(|_| pool.timeout_get(&timeouts))).await;
+    let mut opened = 0;
+    let mut failed = None;
+    let mut objects: Vec<Object<PgManager>> = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(object) => {
+                if Object::metrics(&object).recycle_count == 0 {
+                    opened += 1;
+                }
+                objects.push(object);
+            }
+            Err(deadpool::managed::PoolError::Timeout(_)) => {}
+            Err(e) => failed = Some(e),
+        }
+    }
+    drop(objects);
+    if let Some(error) = failed {
+        tracing::warn!(target: "dbmanager::postgres", error = %error, opened, "could not open every connection for min_idle");
+    }
+    opened
+}
+
+/// Samples the pool into the gauges.
+pub(crate) fn record_gauges(status: &crate::PoolStatus) {
+    metrics::pool_gauges(Backend::Postgres, status);
+}
+
+/// Starts the maintenance task. It holds the pool weakly, so a pool dropped
+/// without a shutdown still ends it; shutdown aborts it explicitly.
+pub(crate) fn spawn(pool: WeakPool<PgManager>, shared: Arc<Shared>) -> JoinHandle<()> {
+    let interval = shared.settings.maintenance_interval;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            if shared.is_draining() {
+                break;
+            }
+            let Some(pool) = pool.upgrade() else { break };
+            reap(&pool, &shared);
+            fill(&pool, &shared, shared.settings.min_idle).await;
+            record_gauges(&super::pool::status_of(&pool, &shared));
+        }
+    })
+}

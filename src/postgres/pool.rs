@@ -1,0 +1,391 @@
+//! The PostgreSQL pool handle: checkout, status, warm-up and drain.
+
+use std::future::Future;
+use std::panic::Location;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool::Runtime;
+use deadpool::managed::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use tokio::task::JoinHandle;
+
+use super::connect::{create_timeout, driver_config};
+use super::connection::PooledConnection;
+use super::hooks::Hooks;
+use super::maintenance;
+use super::manager::PgManager;
+use super::shared::Shared;
+use crate::config::{PostgresConfig, QueueMode, url::ConnectionString};
+use crate::error::{Backend, Error, Result};
+use crate::metrics::{self, CloseReason};
+use crate::pool_status::PoolStatus;
+
+/// The PostgreSQL connection pool of a [`crate::DatabaseManager`].
+///
+/// A cheap `Clone` handle. Get one with `db.postgres()?`.
+#[derive(Clone)]
+pub struct PostgresPool {
+    pool: Pool<PgManager>,
+    shared: Arc<Shared>,
+    maintenance: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Counters of a pool's life since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Connections opened.
+    pub created: u64,
+    /// Closed because they reached `max_lifetime`.
+    pub closed_lifetime: u64,
+    /// Closed after idling past `idle_timeout`.
+    pub closed_idle: u64,
+    /// Closed because they were found broken.
+    pub closed_broken: u64,
+    /// Closed on return because `max_idle` connections were already idle.
+    pub closed_excess: u64,
+    /// Closed because a checkout or checkin hook failed.
+    pub closed_hook: u64,
+    /// Closed by [`PooledConnection::discard`].
+    pub closed_discarded: u64,
+    /// Closed by shutdown.
+    pub closed_shutdown: u64,
+    /// `get()` calls that timed out.
+    pub acquire_timeouts: u64,
+    /// Connections reported as held past `leak_detection_threshold`.
+    pub leaks: u64,
+    /// Whether the maintenance task is running.
+    pub maintenance_running: bool,
+}
+
+/// What draining the pool found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Drain {
+    pub forced: usize,
+}
+
+pub(crate) fn status_of(pool: &Pool<PgManager>, shared: &Shared) -> PoolStatus {
+    let status = pool.status();
+    let in_use = shared.checked_out.load(Ordering::Acquire).min(status.size);
+    PoolStatus {
+        max_size: shared.settings.max_size,
+        open: status.size,
+        idle: status.size - in_use,
+        in_use,
+        waiting: status.waiting,
+    }
+}
+
+impl PostgresPool {
+    pub(crate) fn new(config: &PostgresConfig, hooks: Hooks) -> Result<Self> {
+        let url = config.url.as_ref().ok_or(Error::NotConfigured {
+            backend: Backend::Postgres,
+            hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
+        })?;
+        let pg = driver_config(config, url)?;
+        let parsed = ConnectionString::parse(url.expose()).ok();
+        let target = parsed
+            .as_ref()
+            .map(ConnectionString::target)
+            .unwrap_or_default();
+        let database = pg
+            .get_dbname()
+            .or(pg.get_user())
+            .unwrap_or("postgres")
+            .to_string();
+        let secrets = url.password().into_iter().collect();
+        let settings = config.pool.clone();
+        let timeouts = Timeouts {
+            wait: Some(settings.wait_timeout),
+            // Room for the on_connect hook on top of the socket connect.
+            create: Some(settings.connect_timeout * 2),
+            recycle: Some(settings.recycle_timeout),
+        };
+        let queue_mode = match settings.queue_mode {
+            QueueMode::Lifo => deadpool::managed::QueueMode::Lifo,
+            QueueMode::Fifo => deadpool::managed::QueueMode::Fifo,
+        };
+        let max_size = settings.max_size;
+        let shared = Arc::new(Shared::new(settings, hooks, target, database, secrets));
+        let pool = Pool::builder(PgManager::new(pg, shared.clone()))
+            .max_size(max_size)
+            .timeouts(timeouts)
+            .queue_mode(queue_mode)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::config("postgres.pool", e.to_string()))?;
+        Ok(PostgresPool {
+            pool,
+            shared,
+            maintenance: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Checks out a connection, waiting up to `postgres.pool.wait_timeout`.
+    ///
+    /// The location of the call is remembered for leak reports.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolTimeout`] with the pool's status when none became free
+    /// in time; [`Error::Connect`] when a new connection could not be opened;
+    /// [`Error::ShuttingDown`] once shutdown has begun; [`Error::Hook`] when
+    /// `on_checkout` failed on every connection tried.
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<PooledConnection>> + Send + '_ {
+        let caller = Location::caller();
+        self.acquire(caller, None)
+    }
+
+    /// Like [`PostgresPool::get`] with another wait limit.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresPool::get`].
+    #[track_caller]
+    pub fn get_timeout(
+        &self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<PooledConnection>> + Send + '_ {
+        let caller = Location::caller();
+        self.acquire(caller, Some(wait))
+    }
+
+    async fn acquire(
+        &self,
+        caller: &'static Location<'static>,
+        wait: Option<Duration>,
+    ) -> Result<PooledConnection> {
+        let shared = &self.shared;
+        if shared.is_draining() {
+            return Err(Error::ShuttingDown {
+                backend: Backend::Postgres,
+            });
+        }
+        let started = Instant::now();
+        let wait = wait.unwrap_or(shared.settings.wait_timeout);
+        let mut rejected_by_hook = 0usize;
+        let object = loop {
+            let remaining = wait.saturating_sub(started.elapsed());
+            let timeouts = Timeouts {
+                wait: Some(remaining),
+                ..self.pool.timeouts()
+            };
+            let object = self
+                .pool
+                .timeout_get(&timeouts)
+                .await
+                .map_err(|e| self.pool_error(e, started))?;
+            let Some(hook) = &shared.hooks.on_checkout else {
+                break object;
+            };
+            match hook.call(&object.client).await {
+                Ok(()) => break object,
+                Err(e) => {
+                    rejected_by_hook += 1;
+                    tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkout hook failed; discarding the connection and trying another");
+                    shared.closed(CloseReason::Hook, 1);
+                    drop(Object::take(object));
+                    if rejected_by_hook > shared.settings.max_size || started.elapsed() >= wait {
+                        return Err(Error::Hook {
+                            hook: "on_checkout",
+                            reason: crate::config::scrub(&e.to_string(), &shared.secrets),
+                        });
+                    }
+                }
+            }
+        };
+        shared.checked_out.fetch_add(1, Ordering::AcqRel);
+        let now = Instant::now();
+        let connection = PooledConnection::new(object, shared.clone(), now, caller);
+        if shared.is_draining() {
+            // Shutdown began while this caller waited: hand nothing out.
+            drop(connection);
+            return Err(Error::ShuttingDown {
+                backend: Backend::Postgres,
+            });
+        }
+        let waited = now.saturating_duration_since(started);
+        metrics::acquired(Backend::Postgres, waited);
+        if shared
+            .settings
+            .slow_acquire_threshold
+            .is_some_and(|t| waited >= t)
+        {
+            tracing::warn!(
+                target: "dbmanager::postgres",
+                waited_ms = waited.as_millis() as u64,
+                pool = %self.status(),
+                acquired_at = %caller,
+                "slow connection acquire"
+            );
+        }
+        Ok(connection)
+    }
+
+    fn pool_error(&self, error: PoolError<Error>, started: Instant) -> Error {
+        match error {
+            PoolError::Timeout(TimeoutType::Wait) => {
+                let status = self.status();
+                self.shared
+                    .counters
+                    .acquire_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::acquire_timeout(Backend::Postgres);
+                tracing::warn!(target: "dbmanager::postgres", pool = %status, "timed out waiting for a connection");
+                Error::PoolTimeout {
+                    backend: Backend::Postgres,
+                    waited: started.elapsed(),
+                    status,
+                }
+            }
+            PoolError::Timeout(TimeoutType::Create) => create_timeout(
+                &self.shared.target,
+                self.pool.timeouts().create.unwrap_or_default(),
+            ),
+            PoolError::Timeout(TimeoutType::Recycle) => Error::Timeout {
+                what: "checking a pooled connection",
+                after: self.shared.settings.recycle_timeout,
+            },
+            PoolError::Backend(e) => e,
+            PoolError::Closed => Error::ShuttingDown {
+                backend: Backend::Postgres,
+            },
+            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => Error::Timeout {
+                what: "opening a connection",
+                after: started.elapsed(),
+            },
+        }
+    }
+
+    /// The pool right now: the same figures as the `dbmanager_pool_*`
+    /// gauges.
+    pub fn status(&self) -> PoolStatus {
+        status_of(&self.pool, &self.shared)
+    }
+
+    /// Counters since the pool was built.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.shared.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            created: load(&c.created),
+            closed_lifetime: load(&c.closed_lifetime),
+            closed_idle: load(&c.closed_idle),
+            closed_broken: load(&c.closed_broken),
+            closed_excess: load(&c.closed_excess),
+            closed_hook: load(&c.closed_hook),
+            closed_discarded: load(&c.closed_discarded),
+            closed_shutdown: load(&c.closed_shutdown),
+            acquire_timeouts: load(&c.acquire_timeouts),
+            leaks: load(&c.leaks),
+            maintenance_running: self
+                .maintenance
+                .lock()
+                .expect("maintenance lock")
+                .as_ref()
+                .is_some_and(|task| !task.is_finished()),
+        }
+    }
+
+    /// The database name connections use.
+    pub fn database(&self) -> &str {
+        &self.shared.database
+    }
+
+    /// Where the pool connects, without credentials (`user@host:port/db`).
+    pub fn target(&self) -> &str {
+        &self.shared.target
+    }
+
+    /// Secrets to scrub from messages before they are shown.
+    pub(crate) fn secrets(&self) -> &[String] {
+        &self.shared.secrets
+    }
+
+    /// Opens one connection now: the eager start-up proof.
+    pub(crate) async fn connect_once(&self) -> Result<()> {
+        let connection = self
+            .get_timeout(self.pool.timeouts().create.unwrap_or_default())
+            .await?;
+        drop(connection);
+        Ok(())
+    }
+
+    /// Opens connections in parallel until `min_idle` are idle; returns how
+    /// many were opened.
+    pub(crate) async fn warm_up(&self) -> usize {
+        maintenance::fill(&self.pool, &self.shared, self.shared.settings.min_idle).await
+    }
+
+    /// Starts the maintenance task (once).
+    pub(crate) fn start_maintenance(&self) {
+        let mut slot = self.maintenance.lock().expect("maintenance lock");
+        if slot.is_none() && !self.shared.is_draining() {
+            *slot = Some(maintenance::spawn(self.pool.weak(), self.shared.clone()));
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Stops handing out connections, waits up to `grace` for checked-out
+    /// ones, then closes everything (forcibly what is still in use).
+    pub(crate) async fn drain(&self, grace: Duration) -> Drain {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::Release);
+        let task = self.maintenance.lock().expect("maintenance lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let returned = shared.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if shared.checked_out.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, returned).await.is_err() {
+                break;
+            }
+        }
+        let forced = shared.checked_out.load(Ordering::Acquire);
+        let open = self.pool.status().size;
+        self.pool.close();
+        shared.closed(CloseReason::Shutdown, open as u64);
+        if forced > 0 {
+            tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; closing connections still in use");
+            shared.close_all.send_replace(true);
+        }
+        // Wait (briefly) for the sockets to be closed, so the server sees the
+        // sessions end before shutdown returns.
+        let closed_by = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let ended = shared.connection_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if shared.live_connections.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(closed_by, ended).await.is_err() {
+                break;
+            }
+        }
+        maintenance::record_gauges(&self.status());
+        Drain { forced }
+    }
+}
+
+impl std::fmt::Debug for PostgresPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresPool")
+            .field("target", &self.shared.target)
+            .field("status", &self.status())
+            .finish()
+    }
+}

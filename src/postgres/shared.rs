@@ -1,0 +1,128 @@
+//! State shared by the pool handle, its connections and its maintenance
+//! task: drain flags, counters and the forced-close signal.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::hooks::Hooks;
+use crate::config::PostgresPoolConfig;
+use crate::error::Backend;
+use crate::metrics::{self, CloseReason};
+
+/// Counters of a pool's life, readable without locks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub created: AtomicU64,
+    pub closed_lifetime: AtomicU64,
+    pub closed_idle: AtomicU64,
+    pub closed_broken: AtomicU64,
+    pub closed_excess: AtomicU64,
+    pub closed_hook: AtomicU64,
+    pub closed_discarded: AtomicU64,
+    pub closed_shutdown: AtomicU64,
+    pub acquire_timeouts: AtomicU64,
+    pub leaks: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub settings: PostgresPoolConfig,
+    pub hooks: Hooks,
+    /// Credential-free `user@host:port/db`, for logs and errors.
+    pub target: String,
+    /// The database name.
+    pub database: String,
+    /// Secrets to scrub from server messages.
+    pub secrets: Vec<String>,
+    /// Set when shutdown begins: no new checkouts.
+    pub draining: AtomicBool,
+    /// Connections checked out by callers right now.
+    pub checked_out: AtomicUsize,
+    /// Notified when a checked-out connection comes back during a drain.
+    pub returned: Notify,
+    /// Connection tasks alive (one per open connection).
+    pub live_connections: AtomicUsize,
+    /// Notified when a connection task ends.
+    pub connection_ended: Notify,
+    /// Flipped to `true` to end every connection task at once (forced close
+    /// after the grace period).
+    pub close_all: watch::Sender<bool>,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn new(
+        settings: PostgresPoolConfig,
+        hooks: Hooks,
+        target: String,
+        database: String,
+        secrets: Vec<String>,
+    ) -> Self {
+        Shared {
+            settings,
+            hooks,
+            target,
+            database,
+            secrets,
+            draining: AtomicBool::new(false),
+            checked_out: AtomicUsize::new(0),
+            returned: Notify::new(),
+            live_connections: AtomicUsize::new(0),
+            connection_ended: Notify::new(),
+            close_all: watch::Sender::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn closed(&self, reason: CloseReason, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let counter = match reason {
+            CloseReason::Lifetime => &self.counters.closed_lifetime,
+            CloseReason::Idle => &self.counters.closed_idle,
+            CloseReason::Broken => &self.counters.closed_broken,
+            CloseReason::Excess => &self.counters.closed_excess,
+            CloseReason::Hook => &self.counters.closed_hook,
+            CloseReason::Discarded => &self.counters.closed_discarded,
+            CloseReason::Shutdown => &self.counters.closed_shutdown,
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
+        metrics::connections_closed(Backend::Postgres, reason, count);
+    }
+
+    pub fn created(&self, took: Duration) {
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        metrics::connection_created(Backend::Postgres, Some(took));
+    }
+
+    /// A checked-out connection came back (or was discarded).
+    pub fn checked_in(&self) {
+        let before = self.checked_out.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 && self.is_draining() {
+            self.returned.notify_waiters();
+        }
+    }
+}
+
+/// Counts a connection task as alive for as long as it exists.
+pub(crate) struct LiveConnection(pub std::sync::Arc<Shared>);
+
+impl LiveConnection {
+    pub fn new(shared: std::sync::Arc<Shared>) -> Self {
+        shared.live_connections.fetch_add(1, Ordering::AcqRel);
+        LiveConnection(shared)
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.live_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.connection_ended.notify_waiters();
+    }
+}

@@ -1,0 +1,155 @@
+//! Deciding whether an error may go away if the operation is tried again.
+
+use crate::error::{Error, FailureKind};
+
+/// Errors that know whether retrying can help.
+///
+/// Implemented for this crate's [`Error`], `tokio_postgres::Error`,
+/// `mongodb::error::Error` and `std::io::Error`, so [`super::retry`] works
+/// with driver calls directly.
+pub trait Transient {
+    /// Whether a later attempt of the same operation may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for Error {
+    fn is_transient(&self) -> bool {
+        Error::is_transient(self)
+    }
+}
+
+impl Transient for std::io::Error {
+    fn is_transient(&self) -> bool {
+        classify_io(self).is_transient()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Transient for tokio_postgres::Error {
+    fn is_transient(&self) -> bool {
+        classify_postgres(self).is_transient()
+    }
+}
+
+#[cfg(feature = "mongodb")]
+impl Transient for mongodb::error::Error {
+    fn is_transient(&self) -> bool {
+        classify_mongo(self).is_transient()
+    }
+}
+
+pub(crate) fn classify_io(error: &std::io::Error) -> FailureKind {
+    use std::io::ErrorKind as K;
+    match error.kind() {
+        K::ConnectionRefused => FailureKind::Refused,
+        K::ConnectionReset
+        | K::ConnectionAborted
+        | K::BrokenPipe
+        | K::UnexpectedEof
+        | K::NotConnected => FailureKind::Reset,
+        K::TimedOut | K::WouldBlock => FailureKind::Timeout,
+        _ => FailureKind::Io,
+    }
+}
+
+/// Finds an I/O error anywhere in an error's chain.
+fn io_in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Classifies a PostgreSQL error by SQLSTATE, then by I/O cause.
+#[cfg(feature = "postgres")]
+pub(crate) fn classify_postgres(error: &tokio_postgres::Error) -> FailureKind {
+    if let Some(code) = error.code() {
+        let code = code.code();
+        return match code {
+            "28P01" | "28000" => FailureKind::Authentication,
+            "3D000" => FailureKind::UnknownDatabase,
+            "53300" => FailureKind::TooManyConnections,
+            "57P01" | "57P02" | "57P03" => FailureKind::Unavailable,
+            "40001" | "40P01" => FailureKind::Conflict,
+            _ if code.starts_with("08") => FailureKind::Unavailable,
+            // Insufficient resources (disk full, out of memory) may clear.
+            _ if code.starts_with("53") => FailureKind::Unavailable,
+            _ => FailureKind::Other,
+        };
+    }
+    if let Some(io) = io_in_chain(error) {
+        return classify_io(io);
+    }
+    if error.is_closed() {
+        return FailureKind::Reset;
+    }
+    // tokio-postgres exposes no accessor for its TLS error kind; its
+    // message is the only way to tell a TLS failure apart.
+    if error.to_string().contains("TLS") {
+        return FailureKind::Tls;
+    }
+    FailureKind::Other
+}
+
+/// Classifies a MongoDB driver error.
+#[cfg(feature = "mongodb")]
+pub(crate) fn classify_mongo(error: &mongodb::error::Error) -> FailureKind {
+    use mongodb::error::ErrorKind as K;
+    match error.kind.as_ref() {
+        K::Authentication { .. } => FailureKind::Authentication,
+        K::ServerSelection { .. } => FailureKind::Timeout,
+        K::Io(io) => classify_io(io),
+        K::DnsResolve { .. } => FailureKind::Io,
+        K::ConnectionPoolCleared { .. } => FailureKind::Reset,
+        K::InvalidTlsConfig { .. } => FailureKind::Tls,
+        K::Command(command) => match command.code {
+            18 => FailureKind::Authentication,
+            112 => FailureKind::Conflict,
+            // HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress,
+            // PrimarySteppedDown, InterruptedAtShutdown, InterruptedDueToReplStateChange,
+            // NotWritablePrimary, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary,
+            // SocketException, ExceededTimeLimit.
+            6 | 7 | 89 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436 | 9001 | 262 => {
+                FailureKind::Unavailable
+            }
+            _ if error.contains_label("TransientTransactionError") => FailureKind::Conflict,
+            _ => FailureKind::Other,
+        },
+        _ if error.contains_label("RetryableWriteError")
+            || error.contains_label("TransientTransactionError") =>
+        {
+            FailureKind::Unavailable
+        }
+        _ => FailureKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_kinds_map_to_transient_failures() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_io(&refused), FailureKind::Refused);
+        assert!(refused.is_transient());
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(classify_io(&denied), FailureKind::Io);
+    }
+
+    #[test]
+    fn permanent_kinds_are_not_transient() {
+        for kind in [
+            FailureKind::Authentication,
+            FailureKind::UnknownDatabase,
+            FailureKind::Tls,
+            FailureKind::Other,
+        ] {
+            assert!(!kind.is_transient(), "{kind}");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Connecting: queries through the pool, the on_connect hook, fail-fast on
+//! permanent errors and retry on transient ones.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dbmanager::retry::Jitter;
+use dbmanager::{DatabaseManager, Error, FailureKind, RetryPolicy};
+use support::{PgCluster, TestDb, pg_config, sql};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_run_through_the_pool_and_on_connect_runs_once_per_connection() {
+    let db = TestDb::create("connect").await;
+    let mut config = pg_config(&db.url);
+    config.postgres.pool.min_idle = 2;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counter = connects.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .on_connect(move |client| {
+            let counter = counter.clone();
+            Box::pin(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                client.batch_execute("SET search_path TO public").await?;
+                Ok(())
+            })
+        })
+        .build()
+        .await
+        .expect("build");
+
+    // Warm-up opened min_idle connections, each through on_connect.
+    assert_eq!(manager.postgres().unwrap().status().open, 2);
+    assert_eq!(connects.load(Ordering::SeqCst), 2);
+
+    for _ in 0..20 {
+        let client = manager.postgres().unwrap().get().await.unwrap();
+        let statement = client.prepare_cached("SELECT $1::int + 1").await.unwrap();
+        let two: i32 = client.query_one(&statement, &[&1i32]).await.unwrap().get(0);
+        assert_eq!(two, 2);
+    }
+    // Two at once needs no new connection; three at once opens one more.
+    let pool = manager.postgres().unwrap();
+    let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.get())).await;
+    assert!(held.iter().all(Result::is_ok));
+    drop(held);
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        3,
+        "one on_connect per new connection"
+    );
+    assert_eq!(pool.stats().created, 3);
+    manager.shutdown().await.unwrap();
+}
+
+fn slow_retry(first_delay: Duration) -> RetryPolicy {
+    RetryPolicy::exponential()
+        .initial_delay(first_delay)
+        .max_delay(first_delay * 4)
+        .max_attempts(5)
+        .jitter(Jitter::None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_before_the_first_retry_delay() {
+    let db = TestDb::create("wrongpw").await;
+    let role = support::unique_name("role");
+    sql(
+        &db.url,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'right-password'"),
+    )
+    .await;
+    let url = db
+        .url
+        .replace("postgres:local-pg-pw", &format!("{role}:wrong-password"));
+    let url = if url.contains(&role) {
+        url
+    } else {
+        // Another server than scripts/test's: put the role in by hand.
+        let (scheme, rest) = db.url.split_once("://").unwrap();
+        let host = rest.split_once('@').unwrap().1;
+        format!("{scheme}://{role}:wrong-password@{host}")
+    };
+    let first_delay = Duration::from_secs(2);
+    let mut config = pg_config(&url);
+    config.retry = slow_retry(first_delay);
+
+    let started = Instant::now();
+    let err = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+
+    match &err {
+        Error::Connect {
+            kind,
+            attempts,
+            code,
+            reason,
+            ..
+        } => {
+            assert_eq!(*kind, FailureKind::Authentication);
+            assert_eq!(*attempts, 1);
+            assert_eq!(code.as_deref(), Some("28P01"));
+            assert!(
+                reason.contains("password authentication failed"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    assert!(!err.to_string().contains("wrong-password"), "{err}");
+    assert!(
+        took < first_delay,
+        "fail-fast took {took:?}, the first retry delay is {first_delay:?}"
+    );
+    println!("wrong password failed in {took:?} (first retry delay {first_delay:?})");
+    sql(&db.url, &format!("DROP ROLE {role}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_database_fails_before_the_first_retry_delay() {
+    let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
+    let first_delay = Duration::from_secs(2);
+    let mut config = pg_config(&missing);
+    config.retry = slow_retry(first_delay);
+
+    let started = Instant::now();
+    let err = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+
+    assert!(
+        matches!(
+            &err,
+            Error::Connect {
+                kind: FailureKind::UnknownDatabase,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.sqlstate(), Some("3D000"));
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        took < first_delay,
+        "fail-fast took {took:?}, the first retry delay is {first_delay:?}"
+    );
+    println!("unknown database failed in {took:?} (first retry delay {first_delay:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_retries_until_a_late_server_starts() {
+    let cluster = Arc::new(PgCluster::init("late-server-pw"));
+    let mut config = pg_config(&cluster.url("postgres"));
+    config.retry = RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(200))
+        .max_delay(Duration::from_millis(500))
+        .max_attempts(60)
+        .max_elapsed(Duration::from_secs(60));
+    let logs = support::logs();
+
+    let starter = cluster.clone();
+    let start = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::spawn_blocking(move || starter.start())
+            .await
+            .unwrap();
+    });
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .expect("build after the server came up");
+    start.await.unwrap();
+
+    let client = manager.postgres().unwrap().get().await.unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    // Each retry is logged inside the connect span, which names the target.
+    let target = format!("127.0.0.1:{}", cluster.port);
+    let retries = logs
+        .contents()
+        .lines()
+        .filter(|l| l.contains("retrying") && l.contains(&target))
+        .count();
+    assert!(
+        retries >= 1,
+        "more than one attempt was made:\n{}",
+        logs.contents()
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_is_retried_and_reports_every_attempt() {
+    // Nothing listens on this port: every attempt is refused.
+    let cluster = PgCluster::init("never-started");
+    let mut config = pg_config(&cluster.url("postgres"));
+    config.retry = RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(50))
+        .max_attempts(3)
+        .jitter(Jitter::None);
+    let err = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
+    match err {
+        Error::Connect { kind, attempts, .. } => {
+            assert_eq!(kind, FailureKind::Refused);
+            assert_eq!(attempts, 3);
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_lazy_opens_nothing_until_first_use() {
+    let db = TestDb::create("lazy").await;
+    let config = pg_config(&db.url);
+    let app = config.postgres.application_name.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build_lazy()
+        .unwrap();
+    assert_eq!(manager.postgres().unwrap().status().open, 0);
+    assert_eq!(support::sessions(&support::admin_url(), &app).await, 0);
+    let client = manager.postgres().unwrap().get().await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(manager.postgres().unwrap().status().open, 1);
+    drop(client);
+    manager.shutdown().await.unwrap();
+}

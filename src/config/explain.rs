@@ -52,16 +52,12 @@ fn render(value: &Value) -> String {
         Value::String(_, s) => format!("{s:?}"),
         Value::Char(_, c) => format!("{:?}", c.to_string()),
         Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => n
-            .to_f64()
-            .map(|f| {
-                if f.fract() == 0.0 {
-                    format!("{}", f as i64)
-                } else {
-                    f.to_string()
-                }
-            })
-            .unwrap_or_default(),
+        Value::Num(_, n) => match (n.to_u128(), n.to_i128(), n.to_f64()) {
+            (Some(u), _, _) => u.to_string(),
+            (None, Some(i), _) => i.to_string(),
+            (None, None, Some(f)) => f.to_string(),
+            (None, None, None) => String::new(),
+        },
         Value::Empty(_, _) => "(none)".into(),
         Value::Array(_, items) => format!(
             "[{}]",

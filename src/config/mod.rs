@@ -400,6 +400,8 @@ fn from_figment_error(error: figment::Error) -> Error {
         figment::error::Kind::UnknownField(field, _) => {
             let full = if key.is_empty() {
                 field.clone()
+            } else if key == *field || key.ends_with(&format!(".{field}")) {
+                key.clone()
             } else {
                 format!("{key}.{field}")
             };
@@ -429,12 +431,14 @@ fn from_figment_error(error: figment::Error) -> Error {
 }
 
 fn unknown_field_problem(error: &figment::Error) -> String {
+    let profile = error.profile.clone().unwrap_or_default();
+    let parts: Vec<&str> = error.path.iter().map(String::as_str).collect();
     let origin = error
         .metadata
         .as_ref()
         .map(|m| match m.source.as_ref().and_then(|s| s.file_path()) {
             Some(path) => format!(" in {}", path.display()),
-            None => format!(" in {}", m.name),
+            None => format!(" (from {} {})", m.name, m.interpolate(&profile, &parts)),
         })
         .unwrap_or_default();
     match &error.kind {

@@ -74,7 +74,7 @@ impl Manager for PgManager {
             .connect(NoTls)
             .await
             .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
-        let live = LiveConnection::new(self.shared.clone());
+        let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
         let mut close = self.shared.close_all.subscribe();
         let task = tokio::spawn(async move {
             let _live = live;

@@ -359,7 +359,19 @@ impl PostgresPool {
         self.pool.close();
         shared.closed(CloseReason::Shutdown, open as u64);
         if forced > 0 {
-            tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; closing connections still in use");
+            tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling and closing connections still in use");
+            // Idle connections are closed already: what is left is in use.
+            let tokens: Vec<_> = shared
+                .cancel_tokens
+                .lock()
+                .expect("cancel tokens lock")
+                .values()
+                .cloned()
+                .collect();
+            let cancels = futures_util::future::join_all(
+                tokens.iter().map(|t| t.cancel_query(tokio_postgres::NoTls)),
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), cancels).await;
             shared.close_all.send_replace(true);
         }
         // Wait (briefly) for the sockets to be closed, so the server sees the

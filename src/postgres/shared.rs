@@ -1,8 +1,12 @@
 //! State shared by the pool handle, its connections and its maintenance
 //! task: drain flags, counters and the forced-close signal.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio_postgres::CancelToken;
 
 use tokio::sync::{Notify, watch};
 
@@ -48,6 +52,11 @@ pub(crate) struct Shared {
     /// Flipped to `true` to end every connection task at once (forced close
     /// after the grace period).
     pub close_all: watch::Sender<bool>,
+    /// Cancel tokens of the open connections, so a forced close can stop
+    /// their queries on the server too (a backend busy in a query does not
+    /// notice its client is gone).
+    pub cancel_tokens: Mutex<HashMap<u64, CancelToken>>,
+    next_connection_id: AtomicU64,
     pub counters: Counters,
 }
 
@@ -71,6 +80,8 @@ impl Shared {
             live_connections: AtomicUsize::new(0),
             connection_ended: Notify::new(),
             close_all: watch::Sender::new(false),
+            cancel_tokens: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -110,19 +121,34 @@ impl Shared {
     }
 }
 
-/// Counts a connection task as alive for as long as it exists.
-pub(crate) struct LiveConnection(pub std::sync::Arc<Shared>);
+/// Counts a connection task as alive, and keeps its cancel token, for as
+/// long as it exists.
+pub(crate) struct LiveConnection {
+    shared: std::sync::Arc<Shared>,
+    id: u64,
+}
 
 impl LiveConnection {
-    pub fn new(shared: std::sync::Arc<Shared>) -> Self {
+    pub fn new(shared: std::sync::Arc<Shared>, cancel: CancelToken) -> Self {
+        let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        shared
+            .cancel_tokens
+            .lock()
+            .expect("cancel tokens lock")
+            .insert(id, cancel);
         shared.live_connections.fetch_add(1, Ordering::AcqRel);
-        LiveConnection(shared)
+        LiveConnection { shared, id }
     }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
-        self.0.live_connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.connection_ended.notify_waiters();
+        self.shared
+            .cancel_tokens
+            .lock()
+            .expect("cancel tokens lock")
+            .remove(&self.id);
+        self.shared.live_connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.connection_ended.notify_waiters();
     }
 }

@@ -1,0 +1,84 @@
+//! Passwords never leave: not in Debug or Display of the configuration or
+//! the manager, not in errors, health JSON or logs.
+
+mod support;
+
+use dbmanager::{Config, DatabaseManager, DatabaseUrl};
+use support::{TestDb, encode, pg_config, sql};
+
+const PASSWORD: &str = "Sup3r$ecret:@/pw";
+
+fn assert_hidden(what: &str, text: &str) {
+    for form in [PASSWORD.to_string(), encode(PASSWORD), "Sup3r".to_string()] {
+        assert!(!text.contains(&form), "{what} shows the password: {text}");
+    }
+}
+
+fn url_for(db: &TestDb, role: &str, password: &str) -> String {
+    let host = db.url.split_once('@').unwrap().1;
+    format!("postgres://{role}:{}@{host}", encode(password))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_appears_in_no_output() {
+    let logs = support::logs();
+    let db = TestDb::create("secrets").await;
+    let role = support::unique_name("secret_role");
+    sql(
+        &db.url,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'; GRANT ALL ON DATABASE \"{}\" TO {role}", db.name),
+    )
+    .await;
+
+    let config: Config = pg_config(&url_for(&db, &role, PASSWORD));
+    assert_hidden("config Debug", &format!("{config:?}"));
+    assert_hidden("config JSON", &serde_json::to_string(&config).unwrap());
+
+    let manager = DatabaseManager::builder()
+        .config(config.clone())
+        .build()
+        .await
+        .unwrap();
+    assert_hidden("manager Debug", &format!("{manager:?}"));
+    assert_hidden("manager Display", &manager.to_string());
+    assert_hidden("pool Debug", &format!("{:?}", manager.postgres().unwrap()));
+    let report = manager.health().await;
+    assert_hidden("health JSON", &serde_json::to_string(&report).unwrap());
+
+    // A failed connect with the right user and a wrong password that
+    // contains the right one.
+    let mut wrong = config.clone();
+    wrong.postgres.url = Some(DatabaseUrl::new(url_for(
+        &db,
+        &role,
+        &format!("{PASSWORD}x"),
+    )));
+    wrong.retry = dbmanager::RetryPolicy::none();
+    let err = DatabaseManager::builder()
+        .config(wrong)
+        .build()
+        .await
+        .unwrap_err();
+    assert_hidden("connect error Display", &err.to_string());
+    assert_hidden("connect error Debug", &format!("{err:?}"));
+
+    // A malformed URL containing the password.
+    let mut malformed = config.clone();
+    malformed.postgres.url = Some(DatabaseUrl::new(format!(
+        "postgres://{role}:{}@127.0.0.1:notaport/x",
+        encode(PASSWORD)
+    )));
+    let err = DatabaseManager::builder()
+        .config(malformed)
+        .build_lazy()
+        .unwrap_err();
+    assert_hidden("config error", &err.to_string());
+
+    manager.shutdown().await.unwrap();
+    assert_hidden("captured logs", &logs.contents());
+    assert!(
+        logs.contents().contains("connected to PostgreSQL"),
+        "logs were captured"
+    );
+    sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}

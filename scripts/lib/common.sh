@@ -116,6 +116,9 @@ start_mongoeco() {
 stop_mongoeco() {
     local dir="$1"
     [ -f "$dir/mongo.pid" ] || return 0
-    kill "$(cat "$dir/mongo.pid")" 2>/dev/null || true
+    local pid; pid="$(cat "$dir/mongo.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$dir/mongo.pid"
 }

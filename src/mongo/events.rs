@@ -1,8 +1,9 @@
 //! Pool figures computed from the driver's connection-pool (CMAP) events:
 //! the driver publishes events but no pool statistics of its own.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::event::EventHandler;
@@ -16,7 +17,11 @@ use crate::metrics::{self, CloseReason};
 #[derive(Debug, Default)]
 pub(crate) struct PoolEvents {
     pub open: AtomicI64,
-    pub in_use: AtomicI64,
+    /// Connections checked out, by server and connection id. The driver also
+    /// reports a check-in for connections its background task adds to the
+    /// pool, which were never checked out, so check-ins are matched against
+    /// check-outs rather than counted blindly.
+    checked_out: Mutex<HashSet<(String, u32)>>,
     pub waiting: AtomicI64,
     pub created: AtomicU64,
     pub closed: AtomicU64,
@@ -42,7 +47,14 @@ impl PoolEvents {
     }
 
     pub fn in_use(&self) -> usize {
-        clamp(self.in_use.load(Ordering::Acquire))
+        self.checked_out.lock().expect("checked-out set lock").len()
+    }
+
+    fn check_in(&self, address: String, id: u32) -> bool {
+        self.checked_out
+            .lock()
+            .expect("checked-out set lock")
+            .remove(&(address, id))
     }
 
     pub fn waiting(&self) -> usize {
@@ -68,6 +80,7 @@ impl PoolEvents {
             }
             CmapEvent::ConnectionClosed(e) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
+                self.check_in(e.address.to_string(), e.connection_id);
                 self.closed.fetch_add(1, Ordering::Relaxed);
                 let reason = match e.reason {
                     ConnectionClosedReason::Idle => CloseReason::Idle,
@@ -90,11 +103,15 @@ impl PoolEvents {
             }
             CmapEvent::ConnectionCheckedOut(e) => {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                self.in_use.fetch_add(1, Ordering::AcqRel);
+                self.checked_out
+                    .lock()
+                    .expect("checked-out set lock")
+                    .insert((e.address.to_string(), e.connection_id));
                 self.record_wait(e.duration);
             }
-            CmapEvent::ConnectionCheckedIn(_) => {
-                self.in_use.fetch_sub(1, Ordering::AcqRel);
+            CmapEvent::ConnectionCheckedIn(e)
+                if self.check_in(e.address.to_string(), e.connection_id) =>
+            {
                 self.changed.notify_waiters();
             }
             _ => {}

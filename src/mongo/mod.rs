@@ -22,6 +22,10 @@ use crate::pool_status::PoolStatus;
 use crate::retry::classify_mongo;
 use events::PoolEvents;
 
+/// How long closing the client (ending server sessions, closing sockets) may
+/// take at the end of a drain.
+const CLIENT_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
 /// The MongoDB client of a [`crate::DatabaseManager`] and its default
 /// database. A cheap `Clone` handle; get it with `db.mongo()?`.
 #[derive(Clone)]
@@ -265,7 +269,15 @@ impl MongoHandle {
         if forced > 0 {
             tracing::warn!(target: "dbmanager::mongodb", forced, "grace period over; closing the MongoDB client with operations in flight");
         }
-        self.client.clone().shutdown().immediate(true).await;
+        // The driver ends server sessions on shutdown; a server that does
+        // not answer must not hold the service's exit hostage.
+        let closing = self.client.clone().shutdown().immediate(true);
+        if tokio::time::timeout(CLIENT_SHUTDOWN_LIMIT, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "dbmanager::mongodb", "the MongoDB client did not shut down within {CLIENT_SHUTDOWN_LIMIT:?}; dropping it");
+        }
         forced
     }
 

@@ -21,6 +21,8 @@ impl MongoHandle {
             health.pool = Some(self.status());
             return health;
         }
+        // The pool as the application uses it, before the probe's own checkout.
+        health.pool = Some(self.status());
         let admin = self.client().database("admin");
         let outcome = tokio::time::timeout(timeout, async {
             let started = Instant::now();
@@ -54,7 +56,6 @@ impl MongoHandle {
             }
         }
         health.checkout_wait_ms = self.events().take_recent_wait_ms();
-        health.pool = Some(self.status());
         health
     }
 }

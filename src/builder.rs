@@ -48,6 +48,19 @@ impl DatabaseManagerBuilder {
         self
     }
 
+    /// Loads the configuration with this TOML file in place of
+    /// `dbmanager.toml` (the other layers as usual). A file that is missing
+    /// or invalid is reported by `build()`.
+    pub fn config_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        match Config::loader().file(path).load() {
+            Ok(config) => self.config = Some(config),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
     /// The start-up connect retry. Default: the configuration's `[retry]`.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
@@ -121,7 +134,16 @@ impl DatabaseManagerBuilder {
     /// a wrong password or an unknown database, after the retry budget for
     /// transient ones).
     pub async fn build(self) -> Result<DatabaseManager> {
-        let (manager, policy) = self.assemble(Phase::Connecting)?;
+        let settled = self.settle()?;
+        // Eagerly, so `mongodb+srv` URLs get their DNS lookup here.
+        #[cfg(feature = "mongodb")]
+        let mongo = match settled.config.mongodb.is_configured() {
+            true => Some(MongoHandle::with_parse(&settled.config.mongodb).await?),
+            false => None,
+        };
+        #[cfg(not(feature = "mongodb"))]
+        let mongo = None;
+        let (manager, policy) = assemble(settled, Phase::Connecting, mongo)?;
         match connect(&manager, &policy).await {
             Ok(()) => {
                 manager.set_phase(Phase::Ready);
@@ -144,7 +166,7 @@ impl DatabaseManagerBuilder {
     ///
     /// [`Error::Config`] for invalid settings.
     pub fn build_lazy(self) -> Result<DatabaseManager> {
-        let (manager, _) = self.assemble(Phase::Ready)?;
+        let (manager, _) = assemble(self.settle()?, Phase::Ready, None)?;
         #[cfg(feature = "postgres")]
         if let Some(pool) = &manager.inner().postgres {
             pool.start_maintenance();
@@ -163,7 +185,7 @@ impl DatabaseManagerBuilder {
     ///
     /// [`Error::Config`] for invalid settings.
     pub fn build_in_background(self) -> Result<DatabaseManager> {
-        let (manager, policy) = self.assemble(Phase::Connecting)?;
+        let (manager, policy) = assemble(self.settle()?, Phase::Connecting, None)?;
         let background = manager.clone();
         let task = tokio::spawn(async move {
             match connect(&background, &policy).await {
@@ -183,7 +205,8 @@ impl DatabaseManagerBuilder {
         Ok(manager)
     }
 
-    fn assemble(self, phase: Phase) -> Result<(DatabaseManager, RetryPolicy)> {
+    /// The configuration with the builder's overrides, validated.
+    fn settle(self) -> Result<Settled> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -207,44 +230,78 @@ impl DatabaseManagerBuilder {
                 hint: "DATABASE_URL or MONGODB_URL (neither database is configured)",
             });
         }
-        #[cfg(feature = "postgres")]
-        let postgres = match config.postgres.is_configured() {
-            true => Some(PostgresPool::new(&config.postgres, self.hooks)?),
-            false => None,
-        };
-        #[cfg(not(feature = "postgres"))]
-        if config.postgres.is_configured() {
-            return Err(Error::config(
-                "postgres.url",
-                "is set but this build lacks the `postgres` feature",
-            ));
-        }
-        #[cfg(feature = "mongodb")]
-        let mongo = match config.mongodb.is_configured() {
-            true => Some(MongoHandle::new(&config.mongodb)?),
-            false => None,
-        };
-        #[cfg(not(feature = "mongodb"))]
-        if config.mongodb.is_configured() {
-            return Err(Error::config(
-                "mongodb.url",
-                "is set but this build lacks the `mongodb` feature",
-            ));
-        }
-        let policy = config.retry.clone();
-        let manager = DatabaseManager::from_inner(Inner {
+        Ok(Settled {
             config,
             #[cfg(feature = "postgres")]
-            postgres,
-            #[cfg(feature = "mongodb")]
-            mongo,
-            phase: watch::Sender::new(phase),
-            startup_failure: Mutex::new(None),
-            background: Mutex::new(None),
-            shutdown: OnceCell::new(),
-        });
-        Ok((manager, policy))
+            hooks: self.hooks,
+        })
     }
+}
+
+/// A validated configuration and the hooks, ready to become a manager.
+struct Settled {
+    config: Config,
+    #[cfg(feature = "postgres")]
+    hooks: Hooks,
+}
+
+#[cfg(feature = "mongodb")]
+type MongoSlot = Option<MongoHandle>;
+#[cfg(not(feature = "mongodb"))]
+type MongoSlot = Option<std::convert::Infallible>;
+
+/// Creates the pools (without connecting) and the manager around them.
+/// `mongo` is a client already built asynchronously, if any.
+fn assemble(
+    settled: Settled,
+    phase: Phase,
+    mongo: MongoSlot,
+) -> Result<(DatabaseManager, RetryPolicy)> {
+    let Settled {
+        config,
+        #[cfg(feature = "postgres")]
+        hooks,
+    } = settled;
+    #[cfg(feature = "postgres")]
+    let postgres = match config.postgres.is_configured() {
+        true => Some(PostgresPool::new(&config.postgres, hooks)?),
+        false => None,
+    };
+    #[cfg(not(feature = "postgres"))]
+    if config.postgres.is_configured() {
+        return Err(Error::config(
+            "postgres.url",
+            "is set but this build lacks the `postgres` feature",
+        ));
+    }
+    #[cfg(feature = "mongodb")]
+    let mongo = match (mongo, config.mongodb.is_configured()) {
+        (Some(handle), _) => Some(handle),
+        (None, true) => Some(MongoHandle::new(&config.mongodb)?),
+        (None, false) => None,
+    };
+    #[cfg(not(feature = "mongodb"))]
+    let _ = mongo;
+    #[cfg(not(feature = "mongodb"))]
+    if config.mongodb.is_configured() {
+        return Err(Error::config(
+            "mongodb.url",
+            "is set but this build lacks the `mongodb` feature",
+        ));
+    }
+    let policy = config.retry.clone();
+    let manager = DatabaseManager::from_inner(Inner {
+        config,
+        #[cfg(feature = "postgres")]
+        postgres,
+        #[cfg(feature = "mongodb")]
+        mongo,
+        phase: watch::Sender::new(phase),
+        startup_failure: Mutex::new(None),
+        background: Mutex::new(None),
+        shutdown: OnceCell::new(),
+    });
+    Ok((manager, policy))
 }
 
 /// Connects every configured database concurrently, each under the retry

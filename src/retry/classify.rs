@@ -53,6 +53,7 @@ pub(crate) fn classify_io(error: &std::io::Error) -> FailureKind {
 }
 
 /// Finds an I/O error anywhere in an error's chain.
+#[cfg(feature = "postgres")]
 fn io_in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {

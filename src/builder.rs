@@ -100,9 +100,10 @@ impl DatabaseManagerBuilder {
         self
     }
 
-    /// Runs on every checkout. An error discards that connection and
-    /// another is tried, so callers only see it when no connection passes.
-    /// Default: none.
+    /// Runs on every checkout, the manager's own included (the start-up
+    /// proof of `build()`, health probes). An error discards that connection
+    /// and another is tried, so callers only see it when no connection
+    /// passes. Default: none.
     #[cfg(feature = "postgres")]
     pub fn on_checkout<F>(mut self, hook: F) -> Self
     where

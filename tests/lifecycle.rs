@@ -1,0 +1,380 @@
+//! Pool lifecycle: warm-up, recovery to min_idle, idle reaping, max
+//! lifetime, max_idle, leak detection, hooks, and the maintenance task.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dbmanager::{Config, DatabaseManager};
+use support::{TestDb, admin_url, eventually, pg_config, sessions, sql};
+
+fn lifecycle_config(url: &str) -> Config {
+    let mut config = pg_config(url);
+    config.postgres.pool.max_size = 6;
+    config.postgres.pool.maintenance_interval = Duration::from_millis(100);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_opens_min_idle_and_the_pool_recovers_after_sessions_are_killed() {
+    let db = TestDb::create("warm").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 4;
+    let app = config.postgres.application_name.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+
+    assert_eq!(
+        sessions(&admin_url(), &app).await,
+        4,
+        "four sessions when build() returns"
+    );
+    assert_eq!(pool.status().open, 4);
+    assert_eq!(pool.status().idle, 4);
+
+    let killed = support::query_i64(
+        &admin_url(),
+        &format!(
+            "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity WHERE application_name = '{app}'"
+        ),
+    )
+    .await;
+    assert_eq!(killed, 4);
+
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            pool.status().open == 4 && sessions(&admin_url(), &app).await == 4
+        })
+        .await,
+        "back to four connections: {}",
+        pool.status()
+    );
+    assert!(pool.stats().closed_broken >= 4, "{:?}", pool.stats());
+
+    // Callers see working connections, all of them at once.
+    let results = futures_util::future::join_all((0..4).map(|_| async {
+        let client = pool.get().await?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(dbmanager::Error::from)?;
+        Ok::<_, dbmanager::Error>(())
+    }))
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_surplus_connections_down_to_min_idle() {
+    let db = TestDb::create("idle").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 1;
+    config.postgres.pool.idle_timeout = Some(Duration::from_millis(300));
+    let app = config.postgres.application_name.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+
+    let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
+    assert!(held.iter().all(Result::is_ok));
+    assert_eq!(pool.status().open, 5);
+    drop(held);
+
+    assert!(
+        eventually(Duration::from_secs(10), async || pool.status().open == 1).await,
+        "surplus reaped: {}",
+        pool.status()
+    );
+    assert_eq!(pool.stats().closed_idle, 4);
+    assert!(
+        eventually(Duration::from_secs(5), async || sessions(
+            &admin_url(),
+            &app
+        )
+        .await
+            == 1)
+        .await
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_replaces_old_connections_without_touching_one_in_use() {
+    let db = TestDb::create("lifetime").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 2;
+    config.postgres.pool.max_lifetime = Some(Duration::from_millis(400));
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap().clone();
+
+    let long = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await?;
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            client.query_one("SELECT pg_sleep(1.5)", &[]).await?;
+            let again: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            Ok::<_, dbmanager::Error>((pid, again))
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), async || pool
+            .stats()
+            .closed_lifetime
+            >= 1)
+        .await,
+        "idle connections past max_lifetime were closed"
+    );
+    let (pid, again) = long
+        .await
+        .unwrap()
+        .expect("the long query completed on its connection");
+    assert_eq!(
+        pid, again,
+        "the connection in use was not replaced under its user"
+    );
+    assert!(
+        pool.stats().created >= 3,
+        "expired connections were replaced: {:?}",
+        pool.stats()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || pool.status().idle >= 2).await,
+        "min_idle kept: {}",
+        pool.status()
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_idle_are_closed_when_returned() {
+    let db = TestDb::create("maxidle").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 1;
+    config.postgres.pool.max_idle = Some(2);
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
+    assert_eq!(pool.status().open, 5);
+    drop(held);
+    assert_eq!(pool.status().open, 2, "the overflow went away on return");
+    assert_eq!(pool.stats().closed_excess, 3);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_past_the_leak_threshold_is_reported_once_with_its_location() {
+    let logs = support::logs();
+    let db = TestDb::create("leak").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.leak_detection_threshold = Some(Duration::from_millis(200));
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+
+    let (held, line) = (pool.get().await.unwrap(), line!());
+    let location = format!("tests/lifecycle.rs:{line}");
+    assert!(
+        eventually(Duration::from_secs(5), async || pool.stats().leaks == 1).await,
+        "the leak was detected"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(held);
+    let warnings: Vec<String> = logs
+        .contents()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("leak") && l.contains(&location))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "exactly one warning naming {location}: {warnings:#?}"
+    );
+    assert_eq!(pool.stats().leaks, 1);
+
+    // A connection returned in time is not reported.
+    let quick = pool.get().await.unwrap();
+    drop(quick);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(pool.stats().leaks, 1);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_and_checkin_hooks_run_once_per_event() {
+    let db = TestDb::create("hooks").await;
+    let checkouts = Arc::new(AtomicUsize::new(0));
+    let checkins = Arc::new(AtomicUsize::new(0));
+    let (out, back) = (checkouts.clone(), checkins.clone());
+    let manager = DatabaseManager::builder()
+        .config(lifecycle_config(&db.url))
+        .on_checkout(move |_| {
+            out.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        })
+        .on_checkin(move |client| {
+            let back = back.clone();
+            Box::pin(async move {
+                client.batch_execute("RESET ALL").await?;
+                back.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        })
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    // build() proved the connection with one checkout of its own; the
+    // warm-up opens connections without checking them out to anyone.
+    assert_eq!(checkouts.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(Duration::from_secs(5), async || checkins
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    for _ in 0..10 {
+        let client = pool.get().await.unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    assert_eq!(checkouts.load(Ordering::SeqCst), 11);
+    assert!(
+        eventually(Duration::from_secs(5), async || checkins
+            .load(Ordering::SeqCst)
+            == 11)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        checkins.load(Ordering::SeqCst),
+        11,
+        "once per checkin, no more"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_checkout_hook_discards_the_connection_and_tries_another() {
+    let db = TestDb::create("badhook").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 3;
+    let rejected: Arc<Mutex<HashSet<i32>>> = Arc::default();
+    let reject = rejected.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .on_checkout(move |client| {
+            let reject = reject.clone();
+            Box::pin(async move {
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await?
+                    .get(0);
+                let mut rejected = reject.lock().unwrap();
+                // Reject the first connection ever offered, accept the rest.
+                if rejected.is_empty() {
+                    rejected.insert(pid);
+                    return Err("this session is not usable".into());
+                }
+                Ok(())
+            })
+        })
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    for _ in 0..5 {
+        let client = pool
+            .get()
+            .await
+            .expect("callers never see the hook's failure");
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            !rejected.lock().unwrap().contains(&pid),
+            "a rejected connection was handed out"
+        );
+    }
+    assert_eq!(pool.stats().closed_hook, 1);
+    let bad = *rejected.lock().unwrap().iter().next().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            support::query_i64(
+                &admin_url(),
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {bad}"),
+            )
+            .await
+                == 0
+        })
+        .await,
+        "the rejected session was closed"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_task_ends_on_shutdown_leaving_no_task_running() {
+    let db = TestDb::create("tasks").await;
+    sql(&db.url, "SELECT 1").await;
+    let runtime = tokio::runtime::Handle::current();
+    let baseline = runtime.metrics().num_alive_tasks();
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.min_idle = 2;
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap().clone();
+    assert!(pool.stats().maintenance_running);
+    assert!(
+        runtime.metrics().num_alive_tasks() > baseline,
+        "connection and maintenance tasks run"
+    );
+
+    manager.shutdown().await.unwrap();
+    assert!(
+        !pool.stats().maintenance_running,
+        "the maintenance task ended"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || runtime
+            .metrics()
+            .num_alive_tasks()
+            == baseline)
+        .await,
+        "no task of the manager is left: {} alive, {baseline} before",
+        runtime.metrics().num_alive_tasks()
+    );
+}

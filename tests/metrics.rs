@@ -1,0 +1,202 @@
+//! Metrics move as each scenario predicts, seen through a real recorder
+//! (metrics-util's debugging recorder, installed once for this process).
+
+mod support;
+
+use std::time::Duration;
+
+use dbmanager::metrics::names;
+use dbmanager::{Config, DatabaseManager, DatabaseUrl, Error, RetryPolicy};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::{TestDb, pg_config};
+
+/// Deltas since the previous snapshot (the recorder resets on read).
+struct Reading(Vec<(String, Vec<(String, String)>, DebugValue)>);
+
+impl Reading {
+    fn take(snapshotter: &Snapshotter) -> Reading {
+        Reading(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| {
+                    let labels = key
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_string(), l.value().to_string()))
+                        .collect();
+                    (key.key().name().to_string(), labels, value)
+                })
+                .collect(),
+        )
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.find(name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> usize {
+        match self.find(name, labels) {
+            Some(DebugValue::Histogram(values)) => values.len(),
+            _ => 0,
+        }
+    }
+
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.find(name, labels) {
+            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+const PG: (&str, &str) = ("database", "postgres");
+const MONGO: (&str, &str) = ("database", "mongodb");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_metric_moves_as_the_scenario_predicts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
+    dbmanager::metrics::describe();
+
+    // Start-up: one connection proves the server, warm-up opens the second.
+    let db = TestDb::create("metrics").await;
+    let (mongo_url, _mongo) = support::mongo();
+    let mut config = pg_config(&db.url);
+    config.postgres.pool.max_size = 2;
+    config.postgres.pool.min_idle = 2;
+    config.postgres.pool.maintenance_interval = Duration::from_millis(100);
+    config.postgres.pool.max_lifetime = Some(Duration::from_millis(700));
+    config.postgres.pool.leak_detection_threshold = Some(Duration::from_millis(150));
+    config.mongodb.url = Some(DatabaseUrl::new(&mongo_url));
+    config.mongodb.database = Some(support::unique_name("metrics"));
+    config.mongodb.pool.min_size = 2;
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    let start = Reading::take(&snapshotter);
+    assert_eq!(start.counter(names::CREATED, &[PG]), 2);
+    assert_eq!(start.histogram_count(names::CONNECT_TIME, &[PG]), 2);
+    assert!(start.counter(names::CREATED, &[MONGO]) >= 2);
+
+    // Five checkouts: five acquire waits and five hold times.
+    for _ in 0..5 {
+        let client = pool.get().await.unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let checkouts = Reading::take(&snapshotter);
+    assert_eq!(checkouts.histogram_count(names::ACQUIRE_WAIT, &[PG]), 5);
+    assert_eq!(checkouts.histogram_count(names::HOLD, &[PG]), 5);
+
+    // A forced timeout: both connections held, a third caller gives up.
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    let err = pool
+        .get_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PoolTimeout { .. }), "{err:?}");
+    // Held past the leak threshold, too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((a, b));
+    let timeout = Reading::take(&snapshotter);
+    assert_eq!(timeout.counter(names::ACQUIRE_TIMEOUTS, &[PG]), 1);
+    assert_eq!(timeout.counter(names::LEAKS, &[PG]), 2);
+
+    // Connections past max_lifetime are closed by the maintenance task and
+    // replaced; the gauges are sampled on its ticks.
+    let mut closed_by_lifetime = 0;
+    let mut recreated = 0;
+    let mut open_gauge = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = Reading::take(&snapshotter);
+        closed_by_lifetime += r.counter(names::CLOSED, &[PG, ("reason", "lifetime")]);
+        recreated += r.counter(names::CREATED, &[PG]);
+        open_gauge = r.gauge(names::POOL_OPEN, &[PG]).or(open_gauge);
+        if closed_by_lifetime >= 2 && recreated >= 2 && open_gauge.is_some() {
+            break;
+        }
+    }
+    assert!(
+        closed_by_lifetime >= 2,
+        "closed by lifetime: {closed_by_lifetime}"
+    );
+    assert!(recreated >= 2, "replaced: {recreated}");
+    assert_eq!(open_gauge, Some(2.0), "the open gauge shows the pool");
+
+    // Health probes are timed, per database.
+    let report = manager.health().await;
+    assert!(report.is_healthy());
+    let probes = Reading::take(&snapshotter);
+    assert_eq!(probes.histogram_count(names::PROBE, &[PG]), 1);
+    assert_eq!(probes.histogram_count(names::PROBE, &[MONGO]), 1);
+    assert!(
+        probes.gauge(names::POOL_MAX, &[MONGO]).is_some(),
+        "MongoDB gauges move with pool events"
+    );
+
+    // Shutdown closes with reason "shutdown".
+    manager.shutdown().await.unwrap();
+    let shutdown = Reading::take(&snapshotter);
+    assert_eq!(
+        shutdown.counter(names::CLOSED, &[PG, ("reason", "shutdown")]),
+        2
+    );
+
+    // Connect errors by kind, and retries.
+    let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
+    let err = DatabaseManager::builder()
+        .config(pg_config(&missing))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }));
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut refused: Config = pg_config(&format!("postgres://x:y@127.0.0.1:{refused_port}/x"));
+    refused.retry = RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(10))
+        .max_attempts(3);
+    DatabaseManager::builder()
+        .config(refused)
+        .build()
+        .await
+        .unwrap_err();
+    let errors = Reading::take(&snapshotter);
+    assert_eq!(
+        errors.counter(names::CONNECT_ERRORS, &[PG, ("kind", "unknown_database")]),
+        1
+    );
+    assert_eq!(
+        errors.counter(names::CONNECT_ERRORS, &[PG, ("kind", "refused")]),
+        3
+    );
+    assert_eq!(errors.counter(names::CONNECT_RETRIES, &[PG]), 2);
+}

@@ -10,8 +10,11 @@ use dbmanager::{Config, DatabaseManager, DatabaseUrl, Error, RetryPolicy};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::{TestDb, pg_config};
 
+/// A metric's name, its labels, and its value.
+type Entry = (String, Vec<(String, String)>, DebugValue);
+
 /// Deltas since the previous snapshot (the recorder resets on read).
-struct Reading(Vec<(String, Vec<(String, String)>, DebugValue)>);
+struct Reading(Vec<Entry>);
 
 impl Reading {
     fn take(snapshotter: &Snapshotter) -> Reading {

@@ -7,6 +7,8 @@ mod builder;
 pub mod config;
 mod error;
 pub mod health;
+#[cfg(feature = "axum")]
+pub mod http;
 mod manager;
 pub mod metrics;
 #[cfg(feature = "mongodb")]

@@ -162,8 +162,8 @@ pub enum Error {
     /// Connecting failed; `attempts` tells how many tries the retry policy
     /// made before giving up (1 for a permanent error).
     #[error(
-        "could not connect to {backend} at {target} ({kind}, {attempts} attempt{s} in {elapsed:?}): {reason}",
-        s = if *attempts == 1 { "" } else { "s" }
+        "could not connect to {backend} at {target} ({kind}{}): {reason}",
+        attempts_note(*attempts, *elapsed)
     )]
     Connect {
         /// The database.
@@ -276,6 +276,15 @@ pub enum Error {
         /// The server's message.
         reason: String,
     },
+}
+
+/// ", 6 attempts in 2.0s" when the retry made more than one attempt.
+fn attempts_note(attempts: u32, elapsed: Duration) -> String {
+    if attempts > 1 {
+        format!(", {attempts} attempts in {elapsed:.1?}")
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(feature = "postgres")]

@@ -1,0 +1,93 @@
+//! `dbmanager`: the command line for operators (feature `cli`).
+//!
+//! Every subcommand reads the same layered configuration as services do
+//! (defaults < `dbmanager.toml` or `--config` < `.env` < environment), prints
+//! results on stdout and logs on stderr, and reports a failure as one line
+//! with a non-zero exit code.
+
+mod args;
+mod config_cmd;
+mod health_cmd;
+mod wait_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dbmanager::{Config, ConfigLoader};
+
+use args::{Cli, Command, ConfigCommand};
+
+/// Exit code for a failure (bad configuration, unreachable database, ...).
+const FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+async fn run(cli: Cli) -> dbmanager::Result<ExitCode> {
+    let loader = loader(&cli);
+    match cli.command {
+        Command::Wait(args) => wait_cmd::run(load(&loader)?, args).await,
+        Command::Health => health_cmd::run(load(&loader)?).await,
+        Command::Config {
+            command: ConfigCommand::Show { json },
+        } => config_cmd::show(&loader, json),
+    }
+}
+
+fn loader(cli: &Cli) -> ConfigLoader {
+    match &cli.config {
+        Some(path) => Config::loader().file(path),
+        None => Config::loader(),
+    }
+}
+
+fn load(loader: &ConfigLoader) -> dbmanager::Result<Config> {
+    loader.load()
+}
+
+/// Prints one line and returns the failure code.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("dbmanager: error: {message}");
+    ExitCode::from(FAILURE)
+}
+
+/// Writes to stdout; a closed pipe (`dbmanager config show | head`) ends
+/// the output quietly instead of panicking.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+    // Quiet by default: the result goes to stdout, a failure is one line.
+    let default = match verbose {
+        0 => "error",
+        1 => "info,mongodb=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DBMANAGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -411,7 +411,10 @@ fn from_figment_error(error: figment::Error) -> Error {
     };
     if key.is_empty() {
         if let Some(path) = file {
-            return Error::ConfigFile { path, problem };
+            return Error::ConfigFile {
+                path,
+                problem: one_line(&problem),
+            };
         }
         return Error::config("(configuration)", problem);
     }
@@ -428,6 +431,23 @@ fn from_figment_error(error: figment::Error) -> Error {
         }
     }
     Error::config(key, problem)
+}
+
+/// Parser messages draw the offending line with a caret; keep the words
+/// only, so the error stays one line (and shows no value from the file).
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('|')
+                && !l
+                    .split_once(" |")
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn unknown_field_problem(error: &figment::Error) -> String {

@@ -1,0 +1,198 @@
+//! The command line run as a process against real servers.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{TestDb, admin_url};
+
+fn dbmanager(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbmanager"));
+    command.args(args).current_dir(std::env::temp_dir());
+    // Only what the test gives: no developer settings leak in.
+    for var in [
+        "DATABASE_URL",
+        "TEST_DATABASE_URL",
+        "MONGODB_URL",
+        "MONGODB_URI",
+        "DBMANAGER_CONFIG",
+    ] {
+        command.env_remove(var);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("running dbmanager")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A failure is one clear line on stderr and a non-zero exit code.
+fn assert_one_line_failure(output: &Output) -> String {
+    assert!(!output.status.success(), "expected a failure: {output:?}");
+    let err = stderr(output);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_health_against_a_real_server() {
+    let db = TestDb::create("cli").await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let wait = dbmanager(&env, &["wait", "--timeout", "20s"]);
+    assert!(wait.status.success(), "{}", stderr(&wait));
+    assert!(
+        stdout(&wait).contains("postgres: ready"),
+        "{}",
+        stdout(&wait)
+    );
+
+    let health = dbmanager(&env, &["health"]);
+    assert_eq!(health.status.code(), Some(0), "{}", stderr(&health));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&health)).unwrap();
+    assert_eq!(report["status"], "up");
+
+    // Down: exit code 2, the report still printed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("postgres://nobody:pw@127.0.0.1:{port}/x");
+    let down = dbmanager(
+        &[
+            ("DATABASE_URL", &unreachable),
+            ("DBMANAGER_HEALTH__PROBE_TIMEOUT", "1s"),
+        ],
+        &["health"],
+    );
+    assert_eq!(down.status.code(), Some(2), "{}", stderr(&down));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&down)).unwrap();
+    assert_eq!(report["status"], "down");
+
+    // Degraded: exit code 1.
+    let degraded = dbmanager(
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("MONGODB_URL", &format!("mongodb://127.0.0.1:{port}/")),
+            ("DBMANAGER_MONGODB__REQUIRED", "false"),
+            ("DBMANAGER_MONGODB__SERVER_SELECTION_TIMEOUT", "500ms"),
+            ("DBMANAGER_HEALTH__PROBE_TIMEOUT", "1s"),
+        ],
+        &["health"],
+    );
+    assert_eq!(degraded.status.code(), Some(1), "{}", stderr(&degraded));
+
+    // wait gives up within its timeout with one line.
+    let gave_up = dbmanager(
+        &[("DATABASE_URL", &unreachable)],
+        &["wait", "--timeout", "1s"],
+    );
+    let line = assert_one_line_failure(&gave_up);
+    assert!(line.contains("refused"), "{line}");
+}
+
+#[test]
+fn config_show_names_sources_and_hides_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("service.toml");
+    std::fs::write(&file, "[postgres.pool]\nmax_size = 9\n").unwrap();
+    let output = dbmanager(
+        &[
+            ("DATABASE_URL", "postgres://app:cli-secret-pw@db:5432/app"),
+            ("DB_POOL_TIMEOUT", "7"),
+        ],
+        &["--config", file.to_str().unwrap(), "config", "show"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(!text.contains("cli-secret-pw"), "{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    assert!(line("postgres.url").contains("environment DATABASE_URL"));
+    assert!(line("postgres.url").contains("[redacted]"));
+    assert!(
+        line("postgres.pool.max_size").contains("9")
+            && line("postgres.pool.max_size").contains("service.toml")
+    );
+    assert!(line("postgres.pool.wait_timeout").contains("DB_POOL_TIMEOUT"));
+    assert!(line("retry.max_attempts").contains("default"));
+
+    let json = dbmanager(
+        &[("DATABASE_URL", "postgres://app:cli-secret-pw@db/app")],
+        &["config", "show", "--json"],
+    );
+    assert!(json.status.success());
+    let settings: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert!(
+        settings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["key"] == "postgres.url")
+    );
+    assert!(!stdout(&json).contains("cli-secret-pw"));
+}
+
+#[test]
+fn bad_flags_and_bad_configuration_fail_with_one_line() {
+    let output = dbmanager(&[], &["--bogus"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("unexpected argument '--bogus'"),
+        "{}",
+        stderr(&output)
+    );
+
+    let bad_value = dbmanager(
+        &[
+            ("DBMANAGER_POSTGRES__POOL__MAX_SIZE", "0"),
+            ("DATABASE_URL", "postgres://a@b/c"),
+        ],
+        &["health"],
+    );
+    let line = assert_one_line_failure(&bad_value);
+    assert!(line.contains("postgres.pool.max_size"), "{line}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(&file, "[postgres\n").unwrap();
+    let broken = dbmanager(&[], &["--config", file.to_str().unwrap(), "config", "show"]);
+    let line = assert_one_line_failure(&broken);
+    assert!(line.contains("broken.toml"), "{line}");
+
+    let missing = dbmanager(&[], &["--config", "/nonexistent/dbmanager.toml", "health"]);
+    let line = assert_one_line_failure(&missing);
+    assert!(line.contains("does not exist"), "{line}");
+
+    let nothing = dbmanager(&[], &["health"]);
+    let line = assert_one_line_failure(&nothing);
+    assert!(line.contains("not configured"), "{line}");
+    let _ = admin_url;
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["wait", "--help"],
+        vec!["health", "--help"],
+        vec!["config", "show", "--help"],
+    ] {
+        let output = dbmanager(&[], &args);
+        assert!(output.status.success(), "{args:?}");
+        assert!(stdout(&output).contains("Usage:"), "{args:?}");
+    }
+}

@@ -436,16 +436,16 @@ fn from_figment_error(error: figment::Error) -> Error {
 /// Parser messages draw the offending line with a caret; keep the words
 /// only, so the error stays one line (and shows no value from the file).
 fn one_line(message: &str) -> String {
+    let is_drawing = |line: &str| {
+        line.starts_with('|')
+            || line
+                .split_once(" |")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+    };
     message
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with('|')
-                && !l
-                    .split_once(" |")
-                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
-        })
+        .filter(|l| !l.is_empty() && !is_drawing(l))
         .collect::<Vec<_>>()
         .join(": ")
 }

@@ -443,8 +443,15 @@ async fn the_lock_is_released_after_a_panic_inside_the_runner() {
         ("1_a.up.sql", "CREATE TABLE a (id int);"),
         ("2_b.up.sql", "CREATE TABLE b (id int);"),
     ]);
+    // A process-wide subscriber as well: with a thread's subscriber alone,
+    // tracing lets the first thread to reach a call site decide its cached
+    // interest, and another test's thread (with no subscriber) reaching
+    // the runner's call sites first would hide them from this one.
+    let _ = support::logs();
+
     let url = db.url.clone();
     let (key_tx, key_rx) = mpsc::channel();
+    let (returned_tx, returned_rx) = mpsc::channel();
     let path = dir.path().to_path_buf();
     let outcome = std::thread::spawn(move || {
         let subscriber = tracing_subscriber::registry().with(PanicWhenApplying(2));
@@ -462,11 +469,17 @@ async fn the_lock_is_released_after_a_panic_inside_the_runner() {
                     .unwrap();
                 let migrator = manager.migrator(&migrations).unwrap();
                 key_tx.send(migrator.lock_key()).unwrap();
-                let _ = migrator.up().await;
+                let returned = migrator.up().await;
+                returned_tx.send(format!("{returned:?}")).unwrap();
             })
         })
     })
     .join();
+    assert_eq!(
+        returned_rx.try_recv().ok(),
+        None,
+        "the runner should have panicked, not returned"
+    );
     assert!(outcome.is_err(), "the runner panicked");
     let key = key_rx.recv().unwrap();
     assert!(

@@ -268,6 +268,12 @@ pub enum Error {
         wanted: String,
     },
 
+    /// A migration problem: a bad migration source, a history that does not
+    /// match the files, or a failed migration.
+    #[cfg(feature = "migrate")]
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {
@@ -335,6 +341,8 @@ impl Error {
             Error::Connect { code, .. } => code.as_deref(),
             #[cfg(feature = "postgres")]
             Error::Postgres { error, .. } => error.code().map(|c| c.code()),
+            #[cfg(feature = "migrate")]
+            Error::Migrate(error) => error.sqlstate(),
             _ => None,
         }
     }

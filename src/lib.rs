@@ -11,12 +11,16 @@ pub mod health;
 pub mod http;
 mod manager;
 pub mod metrics;
+#[cfg(feature = "migrate")]
+pub mod migrate;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
 mod pool_status;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod retry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use builder::DatabaseManagerBuilder;
 pub use config::{Config, ConfigLoader, DatabaseUrl, MongoConfig, PostgresConfig, Secret};
@@ -26,10 +30,14 @@ pub use manager::{DatabaseManager, Phase, ShutdownReport};
 pub use pool_status::PoolStatus;
 pub use retry::RetryPolicy;
 
+#[cfg(feature = "migrate")]
+pub use migrate::{MigrateError, Migrations, Migrator};
 #[cfg(feature = "mongodb")]
 pub use mongo::MongoHandle;
 #[cfg(feature = "postgres")]
 pub use postgres::{PooledConnection, PostgresPool};
+#[cfg(feature = "testing")]
+pub use testing::TestDatabase;
 
 /// The driver crates, re-exported so applications use exactly the versions
 /// `dbmanager` was built with.
@@ -39,3 +47,10 @@ pub use deadpool_postgres;
 pub use mongodb;
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
+
+/// What `embed_migrations!` expands to needs; not part of the API.
+#[cfg(feature = "migrate")]
+#[doc(hidden)]
+pub mod __private {
+    pub use include_dir;
+}

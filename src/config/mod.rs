@@ -41,6 +41,8 @@ pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};
 pub use postgres::{PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod};
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_url};
 
+#[cfg(feature = "migrate")]
+pub(crate) use migrations::check_identifier;
 pub(crate) use secret::scrub;
 
 use crate::error::{Error, Result};

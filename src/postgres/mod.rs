@@ -17,4 +17,6 @@ pub use hooks::{Hook, HookFuture};
 pub use pool::{PoolStats, PostgresPool};
 
 pub(crate) use connect::parse_config;
+#[cfg(feature = "migrate")]
+pub(crate) use connect::{connect_error, driver_config};
 pub(crate) use hooks::Hooks;

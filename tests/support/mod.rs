@@ -508,4 +508,124 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+
+// ---- migrations, bootstrap and test databases -------------------------
+
+impl TestDb {
+    /// Takes charge of an existing (or soon to exist) database on the
+    /// shared server: dropped when the value is.
+    pub fn adopt(name: &str) -> TestDb {
+        let admin = admin_url();
+        TestDb {
+            url: with_database(&admin, name),
+            name: name.to_string(),
+            admin,
+        }
+    }
+}
+
+/// A folder of migration files, removed when dropped.
+pub fn migrations_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("dbmanager-migrations-")
+        .tempdir()
+        .unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    dir
+}
+
+/// The example schema of `migrations/`.
+pub fn example_migrations() -> dbmanager::migrate::Migrations {
+    dbmanager::migrate::Migrations::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("the example migrations parse")
+}
+
+/// A manager on `url` (PostgreSQL only), connected.
+pub async fn manager(url: &str) -> dbmanager::DatabaseManager {
+    dbmanager::DatabaseManager::builder()
+        .config(pg_config(url))
+        .build()
+        .await
+        .expect("build a manager")
+}
+
+/// One text value from a query (NULL as the empty string).
+pub async fn query_text(url: &str, query: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    let value: Option<String> = client.query_one(query, &[]).await.unwrap().get(0);
+    drop(client);
+    let _ = task.await;
+    value.unwrap_or_default()
+}
+
+/// The user-visible schema of a database, one sorted line per table,
+/// column, index and constraint: equal dumps mean equal schemas.
+pub async fn catalog(url: &str) -> String {
+    query_text(
+        url,
+        "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
+            SELECT format('table %s.%s', table_schema, table_name) AS line
+              FROM information_schema.tables
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+            UNION ALL
+            SELECT format('column %s.%s.%s %s nullable=%s default=%s', table_schema, table_name,
+                          column_name, data_type, is_nullable, coalesce(column_default, ''))
+              FROM information_schema.columns
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+            UNION ALL
+            SELECT format('index %s', indexdef)
+              FROM pg_indexes
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+            UNION ALL
+            SELECT format('constraint %s %s %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
+              FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ) lines",
+    )
+    .await
+}
+
+/// The versions in a history table, ascending.
+pub async fn history(url: &str, table: &str) -> Vec<i64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .unwrap()
+        .get(0);
+    let versions = if exists {
+        client
+            .query(
+                &format!("SELECT version FROM {table} ORDER BY version"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(client);
+    let _ = task.await;
+    versions
+}
+
+/// Whether a database of that name exists on the shared server.
+pub async fn database_exists(name: &str) -> bool {
+    query_i64(
+        &admin_url(),
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    )
+    .await
+        == 1
 }

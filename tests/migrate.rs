@@ -1,0 +1,680 @@
+//! Migrations against a real PostgreSQL server: up and down, the lock,
+//! failures, checksums, the no-transaction directive.
+
+mod support;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use dbmanager::migrate::{MigrateError, MigrationState, Migrations};
+use dbmanager::{DatabaseManager, Error};
+use support::{
+    TestDb, catalog, eventually, example_migrations, history, manager, migrations_dir, query_i64,
+};
+
+const HISTORY: &str = "dbmanager_schema_history";
+
+fn migrate_error(error: Error) -> MigrateError {
+    match error {
+        Error::Migrate(e) => e,
+        other => panic!("expected a migration error, got {other:?}"),
+    }
+}
+
+async fn lock_is_free(url: &str, key: i64) -> bool {
+    query_i64(
+        url,
+        &format!(
+            "SELECT CASE WHEN pg_try_advisory_lock({key}) AND pg_advisory_unlock({key}) THEN 1::bigint ELSE 0::bigint END"
+        ),
+    )
+    .await
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_then_down_to_zero_then_up_leaves_an_identical_schema() {
+    let db = TestDb::create("mig_roundtrip").await;
+    let manager = manager(&db.url).await;
+    let migrations = example_migrations();
+    let before = catalog(&db.url).await;
+
+    let first = manager.migrate(&migrations).await.unwrap();
+    assert_eq!(first.versions(), [1, 2, 3]);
+    let migrated = catalog(&db.url).await;
+    assert!(
+        migrated.contains("constraint user_sessions user_sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE"),
+        "{migrated}"
+    );
+    assert!(
+        migrated
+            .contains("CREATE UNIQUE INDEX users_email_key ON public.users USING btree (email)")
+    );
+
+    let migrator = manager.migrator(&migrations).unwrap();
+    let down = migrator.down_to(0).await.unwrap();
+    assert_eq!(down.versions(), [3, 2, 1]);
+    assert_eq!(history(&db.url, HISTORY).await, Vec::<i64>::new());
+    let emptied = catalog(&db.url).await;
+    let only_history: Vec<&str> = emptied.lines().filter(|l| !l.contains(HISTORY)).collect();
+    assert_eq!(
+        only_history.join("\n"),
+        before,
+        "down to 0 leaves nothing but the history table"
+    );
+
+    let again = migrator.up().await.unwrap();
+    assert_eq!(again.versions(), [1, 2, 3]);
+    assert_eq!(catalog(&db.url).await, migrated);
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2, 3]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_migrators_started_at_once_apply_each_migration_exactly_once() {
+    let db = TestDb::create("mig_eight").await;
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int PRIMARY KEY);"),
+        // Holds the lock long enough for the others to queue behind it.
+        (
+            "2_slow.up.sql",
+            "SELECT pg_sleep(0.3);\nCREATE TABLE b (id int);",
+        ),
+        ("3_c.up.sql", "INSERT INTO a VALUES (1);"),
+    ]);
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let mut managers = Vec::new();
+    for _ in 0..8 {
+        managers.push(manager(&db.url).await);
+    }
+    let runs =
+        futures_util::future::join_all(managers.iter().map(|m| m.migrate(&migrations))).await;
+    let mut applied = Vec::new();
+    for run in runs {
+        applied.extend(run.expect("every migrator succeeds").versions());
+    }
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        [1, 2, 3],
+        "each migration applied by exactly one migrator"
+    );
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2, 3]);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM a").await, 1);
+    for m in managers {
+        m.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_failing_at_its_third_statement_leaves_schema_and_history_as_before() {
+    let db = TestDb::create("mig_fail").await;
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_broken.up.sql",
+            "-- three statements, the last one fails\nCREATE TABLE b (id int);\nINSERT INTO b VALUES (1);\n\nINSERT INTO\n  no_such_table VALUES (1);\n",
+        ),
+    ]);
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    let migrator = manager.migrator(&migrations).unwrap();
+    migrator.up_to(1).await.unwrap();
+    let before = catalog(&db.url).await;
+
+    let error = migrate_error(migrator.up().await.unwrap_err());
+    let text = error.to_string();
+    match &error {
+        MigrateError::Statement {
+            file,
+            statement,
+            line,
+            error_line,
+            sql,
+            code,
+            rolled_back,
+            ..
+        } => {
+            assert_eq!(file, "2_broken.up.sql");
+            assert_eq!(*statement, 3);
+            assert_eq!(*line, 5);
+            assert_eq!(*error_line, Some(6), "the server points at the table name");
+            assert_eq!(sql, "INSERT INTO no_such_table VALUES (1)");
+            assert_eq!(code.as_deref(), Some("42P01"));
+            assert!(rolled_back);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        text.contains("2_broken.up.sql failed at statement 3 (line 5"),
+        "{text}"
+    );
+    assert!(text.contains("no_such_table"), "{text}");
+
+    assert_eq!(catalog(&db.url).await, before, "table b was rolled back");
+    assert_eq!(history(&db.url, HISTORY).await, [1]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_applied_migration_stops_up_naming_its_version_until_repaired() {
+    let db = TestDb::create("mig_checksum").await;
+    let original = "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\n";
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "SELECT 1;"),
+        ("2_tables.up.sql", original),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+    ]);
+    let manager = manager(&db.url).await;
+    let applied = Migrations::from_dir(dir.path()).unwrap();
+    manager.migrator(&applied).unwrap().up_to(2).await.unwrap();
+
+    // The same file checked out with CRLF line endings is not a change.
+    std::fs::write(
+        dir.path().join("2_tables.up.sql"),
+        original.replace('\n', "\r\n"),
+    )
+    .unwrap();
+    let crlf = Migrations::from_dir(dir.path()).unwrap();
+    assert_eq!(
+        crlf.get(2).unwrap().checksum(),
+        applied.get(2).unwrap().checksum()
+    );
+    assert!(
+        manager
+            .migrator(&crlf)
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
+            .changed()
+            .is_empty()
+    );
+
+    // A real edit is.
+    std::fs::write(
+        dir.path().join("2_tables.up.sql"),
+        "CREATE TABLE a (id bigint);\nCREATE TABLE b (id int);\n",
+    )
+    .unwrap();
+    let edited = Migrations::from_dir(dir.path()).unwrap();
+    let migrator = manager.migrator(&edited).unwrap();
+    let error = migrate_error(migrator.up().await.unwrap_err());
+    assert!(
+        matches!(&error, MigrateError::Changed { versions, files } if versions == &[2] && files == &["2_tables.up.sql"]),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("repair()"), "{error}");
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2], "nothing ran");
+    let status = migrator.status().await.unwrap();
+    assert_eq!(status.changed(), [2]);
+    assert_eq!(status.get(2).unwrap().state, MigrationState::Changed);
+
+    // A deliberate edit is accepted by repair(); up() goes on.
+    let repaired = migrator.repair().await.unwrap();
+    assert_eq!(repaired.updated, [2]);
+    assert!(repaired.removed.is_empty());
+    assert_eq!(migrator.up().await.unwrap().versions(), [3]);
+    assert!(migrator.status().await.unwrap().is_up_to_date());
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_applied_migration_stops_up_and_repair_forgets_it() {
+    let db = TestDb::create("mig_missing").await;
+    let dir = migrations_dir(&[("1_a.up.sql", "SELECT 1;"), ("2_b.up.sql", "SELECT 2;")]);
+    let manager = manager(&db.url).await;
+    manager
+        .migrate(&Migrations::from_dir(dir.path()).unwrap())
+        .await
+        .unwrap();
+    std::fs::remove_file(dir.path().join("2_b.up.sql")).unwrap();
+    std::fs::write(dir.path().join("3_c.up.sql"), "SELECT 3;").unwrap();
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let migrator = manager.migrator(&migrations).unwrap();
+    let error = migrate_error(migrator.up().await.unwrap_err());
+    assert!(
+        matches!(&error, MigrateError::Missing { versions } if versions == &[2]),
+        "{error:?}"
+    );
+    assert_eq!(migrator.status().await.unwrap().missing(), [2]);
+    assert_eq!(migrator.repair().await.unwrap().removed, [2]);
+    assert_eq!(migrator.up().await.unwrap().versions(), [3]);
+    assert_eq!(history(&db.url, HISTORY).await, [1, 3]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_transaction_migration_runs_create_index_concurrently() {
+    let db = TestDb::create("mig_concurrently").await;
+    let index = "CREATE INDEX CONCURRENTLY t_x_idx ON t (x);";
+    let dir = migrations_dir(&[
+        (
+            "1_t.up.sql",
+            "CREATE TABLE t (x int);\nINSERT INTO t SELECT generate_series(1, 1000);",
+        ),
+        ("2_index.up.sql", index),
+    ]);
+    let manager = manager(&db.url).await;
+
+    // Without the directive the server refuses, and the error says what to add.
+    let error = migrate_error(
+        manager
+            .migrate(&Migrations::from_dir(dir.path()).unwrap())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(error.sqlstate(), Some("25001"));
+    assert!(
+        error.to_string().contains("-- dbmanager:no-transaction"),
+        "{error}"
+    );
+    assert_eq!(history(&db.url, HISTORY).await, [1]);
+
+    std::fs::write(
+        dir.path().join("2_index.up.sql"),
+        format!("-- dbmanager:no-transaction\n{index}\n"),
+    )
+    .unwrap();
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    assert!(!migrations.get(2).unwrap().is_transactional());
+    assert_eq!(manager.migrate(&migrations).await.unwrap().versions(), [2]);
+    assert_eq!(
+        query_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_index WHERE indexrelid = 't_x_idx'::regclass AND indisvalid"
+        )
+        .await,
+        1
+    );
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_with_a_missing_down_file_is_refused_before_anything_changes() {
+    let db = TestDb::create("mig_nodown").await;
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+        ("3_c.down.sql", "DROP TABLE c;"),
+    ]);
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    let migrator = manager.migrator(&migrations).unwrap();
+    migrator.up().await.unwrap();
+    let before = catalog(&db.url).await;
+
+    // Reverting to 0 would need 2's down file: refused before 3 is reverted.
+    let error = migrate_error(migrator.down_to(0).await.unwrap_err());
+    assert!(
+        matches!(&error, MigrateError::MissingDown { versions } if versions == &[2]),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("nothing was changed"), "{error}");
+    assert_eq!(catalog(&db.url).await, before);
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2, 3]);
+
+    // One step down needs only 3's down file.
+    assert_eq!(migrator.down(1).await.unwrap().versions(), [3]);
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_released_after_a_failed_migration() {
+    let db = TestDb::create("mig_lockfail").await;
+    let broken = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("2_b.up.sql", "SELECT 1/0;"),
+    ]);
+    let broken = Migrations::from_dir(broken.path()).unwrap();
+    let first = manager(&db.url).await;
+    let migrator = first.migrator(&broken).unwrap();
+    let key = migrator.lock_key();
+    let error = migrate_error(migrator.up().await.unwrap_err());
+    assert_eq!(error.sqlstate(), Some("22012"));
+    assert!(
+        lock_is_free(&db.url, key).await,
+        "unlocked as the error returned"
+    );
+
+    // A second migrator that may wait only for its first attempt proceeds.
+    let fixed = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("2_b.up.sql", "SELECT 1;"),
+    ]);
+    let fixed = Migrations::from_dir(fixed.path()).unwrap();
+    let second = manager(&db.url).await;
+    let report = second
+        .migrator(&fixed)
+        .unwrap()
+        .lock_timeout(Duration::from_millis(1))
+        .up()
+        .await
+        .unwrap();
+    assert_eq!(report.versions(), [2]);
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_makes_a_migrator_with_a_lock_timeout_fail_with_the_holder_named() {
+    let db = TestDb::create("mig_locktimeout").await;
+    let migrations = example_migrations();
+    let manager = manager(&db.url).await;
+    let migrator = manager.migrator(&migrations).unwrap();
+    let key = migrator.lock_key();
+    let (holder, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    holder
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let error = migrate_error(
+        manager
+            .migrator(&migrations)
+            .unwrap()
+            .lock_timeout(Duration::from_millis(200))
+            .up()
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(error, MigrateError::LockTimeout { holder: Some(pid), .. } if pid == holder_pid),
+        "{error:?}"
+    );
+    assert_eq!(history(&db.url, HISTORY).await, Vec::<i64>::new());
+    drop(holder);
+    let _ = task.await;
+    assert_eq!(migrator.up().await.unwrap().versions(), [1, 2, 3]);
+    manager.shutdown().await.unwrap();
+}
+
+/// A tracing layer that panics when migration `version` starts: user code
+/// (a subscriber) running inside the runner, as a panicking hook would.
+struct PanicWhenApplying(i64);
+
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    version: Option<i64>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == "version" {
+            self.version = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicWhenApplying {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        if fields.message == "applying migration" && fields.version == Some(self.0) {
+            panic!("subscriber panics as migration {} starts", self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_released_after_a_panic_inside_the_runner() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let db = TestDb::create("mig_lockpanic").await;
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+    ]);
+    // A process-wide subscriber as well: with a thread's subscriber alone,
+    // tracing lets the first thread to reach a call site decide its cached
+    // interest, and another test's thread (with no subscriber) reaching
+    // the runner's call sites first would hide them from this one.
+    let _ = support::logs();
+
+    let url = db.url.clone();
+    let (key_tx, key_rx) = mpsc::channel();
+    let (returned_tx, returned_rx) = mpsc::channel();
+    let path = dir.path().to_path_buf();
+    let outcome = std::thread::spawn(move || {
+        let subscriber = tracing_subscriber::registry().with(PanicWhenApplying(2));
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let migrations = Migrations::from_dir(&path).unwrap();
+                let manager = DatabaseManager::builder()
+                    .config(support::pg_config(&url))
+                    .build()
+                    .await
+                    .unwrap();
+                let migrator = manager.migrator(&migrations).unwrap();
+                key_tx.send(migrator.lock_key()).unwrap();
+                let returned = migrator.up().await;
+                returned_tx.send(format!("{returned:?}")).unwrap();
+            })
+        })
+    })
+    .join();
+    assert_eq!(
+        returned_rx.try_recv().ok(),
+        None,
+        "the runner should have panicked, not returned"
+    );
+    assert!(outcome.is_err(), "the runner panicked");
+    let key = key_rx.recv().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || lock_is_free(&db.url, key)
+            .await)
+        .await,
+        "the server released the lock of the closed connection"
+    );
+    assert_eq!(
+        history(&db.url, HISTORY).await,
+        [1],
+        "1 committed, 2 never started"
+    );
+
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    assert_eq!(manager.migrate(&migrations).await.unwrap().versions(), [2]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_migration_is_rolled_back_and_releases_the_lock() {
+    let db = TestDb::create("mig_cancel").await;
+    let dir = migrations_dir(&[(
+        "1_slow.up.sql",
+        "CREATE TABLE a (id int);\nSELECT pg_sleep(60);",
+    )]);
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    let migrator = manager.migrator(&migrations).unwrap();
+    let key = migrator.lock_key();
+    // Dropping the future mid-statement is what a panic or an aborted task does.
+    let cancelled = tokio::time::timeout(Duration::from_millis(500), migrator.up()).await;
+    assert!(cancelled.is_err(), "still sleeping when cancelled");
+    assert!(
+        eventually(Duration::from_secs(10), async || lock_is_free(&db.url, key)
+            .await)
+        .await,
+        "the statement was cancelled and the session ended, well before pg_sleep(60)"
+    );
+    assert_eq!(
+        query_i64(&db.url, "SELECT count(*) FROM pg_class WHERE relname = 'a'").await,
+        0,
+        "rolled back"
+    );
+    assert_eq!(history(&db.url, HISTORY).await, Vec::<i64>::new());
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_to_down_stamp_and_status_move_through_the_history() {
+    let db = TestDb::create("mig_steps").await;
+    let manager = manager(&db.url).await;
+    let migrations = example_migrations();
+    let migrator = manager.migrator(&migrations).unwrap();
+
+    let status = migrator.status().await.unwrap();
+    assert_eq!(status.pending(), [1, 2, 3]);
+    assert_eq!(status.current(), None);
+    assert_eq!(
+        history(&db.url, HISTORY).await,
+        Vec::<i64>::new(),
+        "status creates nothing"
+    );
+
+    assert_eq!(migrator.up_to(2).await.unwrap().versions(), [1, 2]);
+    let status = migrator.status().await.unwrap();
+    assert_eq!(status.current(), Some(2));
+    assert_eq!(status.pending(), [3]);
+    let first = status.get(1).unwrap();
+    assert_eq!(first.state, MigrationState::Applied);
+    assert!(first.applied_at.is_some() && first.execution.is_some() && first.reversible);
+
+    assert!(migrator.up_to(1).await.unwrap().is_empty());
+    assert_eq!(migrator.down(1).await.unwrap().versions(), [2]);
+    assert_eq!(
+        migrator.down(5).await.unwrap().versions(),
+        [1],
+        "fewer steps than asked"
+    );
+    assert!(migrator.down(1).await.unwrap().is_empty());
+
+    let error = migrate_error(migrator.up_to(7).await.unwrap_err());
+    assert!(
+        matches!(error, MigrateError::UnknownVersion { version: 7 }),
+        "{error:?}"
+    );
+
+    // stamp records without running: the tables do not appear.
+    let stamped = migrator.stamp(3).await.unwrap();
+    assert_eq!(stamped.recorded, [1, 2, 3]);
+    assert_eq!(
+        query_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_class WHERE relname = 'users'"
+        )
+        .await,
+        0
+    );
+    assert!(migrator.status().await.unwrap().is_up_to_date());
+    assert_eq!(migrator.stamp(0).await.unwrap().removed, [1, 2, 3]);
+    assert_eq!(migrator.up().await.unwrap().versions(), [1, 2, 3]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_pending_migration_is_refused_unless_out_of_order_is_allowed() {
+    let db = TestDb::create("mig_order").await;
+    let dir = migrations_dir(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+    ]);
+    let manager = manager(&db.url).await;
+    manager
+        .migrate(&Migrations::from_dir(dir.path()).unwrap())
+        .await
+        .unwrap();
+    // A branch merged later brings version 2.
+    std::fs::write(dir.path().join("2_b.up.sql"), "CREATE TABLE b (id int);").unwrap();
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let error = migrate_error(manager.migrate(&migrations).await.unwrap_err());
+    assert!(
+        matches!(&error, MigrateError::OutOfOrder { versions, newest_applied: 3 } if versions == &[2]),
+        "{error:?}"
+    );
+    let report = manager
+        .migrator(&migrations)
+        .unwrap()
+        .allow_out_of_order(true)
+        .up()
+        .await
+        .unwrap();
+    assert_eq!(report.versions(), [2]);
+    assert_eq!(history(&db.url, HISTORY).await, [1, 2, 3]);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_qualified_history_table_is_created_in_its_schema() {
+    let db = TestDb::create("mig_table").await;
+    let mut config = support::pg_config(&db.url);
+    config.migrations.table = "meta.schema_versions".into();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let migrations = example_migrations();
+    manager.migrate(&migrations).await.unwrap();
+    assert_eq!(history(&db.url, "meta.schema_versions").await, [1, 2, 3]);
+    assert_eq!(history(&db.url, HISTORY).await, Vec::<i64>::new());
+    manager.shutdown().await.unwrap();
+}
+
+#[test]
+fn embedded_migrations_equal_the_folder_read_at_run_time() {
+    let embedded = dbmanager::embed_migrations!("$CARGO_MANIFEST_DIR/migrations").unwrap();
+    let read = example_migrations();
+    let summary = |m: &Migrations| -> Vec<(i64, String, String, bool)> {
+        m.iter()
+            .map(|m| {
+                (
+                    m.version(),
+                    m.name().to_string(),
+                    m.checksum().to_string(),
+                    m.is_reversible(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(summary(&embedded), summary(&read));
+    assert_eq!(embedded.len(), 3);
+}
+
+#[test]
+fn bad_migration_folders_are_typed_errors() {
+    let dir = migrations_dir(&[("1_a.up.sql", ""), ("01_b.up.sql", "")]);
+    assert!(matches!(
+        Migrations::from_dir(dir.path()),
+        Err(MigrateError::DuplicateVersion { version: 1, .. })
+    ));
+    let dir = migrations_dir(&[("1_a.up.sql", ""), ("2_b.down.sql", "")]);
+    assert!(matches!(
+        Migrations::from_dir(dir.path()),
+        Err(MigrateError::DownWithoutUp { version: 2, .. })
+    ));
+    let dir = migrations_dir(&[("first.up.sql", "")]);
+    assert!(matches!(
+        Migrations::from_dir(dir.path()),
+        Err(MigrateError::InvalidName { .. })
+    ));
+    let error = Migrations::from_dir("/no/such/folder").unwrap_err();
+    assert!(matches!(error, MigrateError::Read { .. }));
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the I/O cause is the source"
+    );
+}

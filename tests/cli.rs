@@ -190,9 +190,104 @@ fn every_subcommand_has_help() {
         vec!["wait", "--help"],
         vec!["health", "--help"],
         vec!["config", "show", "--help"],
+        vec!["db", "--help"],
+        vec!["db", "create", "--help"],
+        vec!["db", "drop", "--help"],
+        vec!["db", "reset", "--help"],
+        vec!["migrate", "--help"],
+        vec!["migrate", "up", "--help"],
+        vec!["migrate", "down", "--help"],
+        vec!["migrate", "status", "--help"],
+        vec!["migrate", "new", "--help"],
+        vec!["migrate", "repair", "--help"],
     ] {
         let output = dbmanager(&[], &args);
         assert!(output.status.success(), "{args:?}");
         assert!(stdout(&output).contains("Usage:"), "{args:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_create_twice_then_migrate_up_status_down_then_drop() {
+    let guard = TestDb::adopt(&support::unique_name("cli_db"));
+    let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+    let env = [
+        ("DATABASE_URL", guard.url.as_str()),
+        ("DBMANAGER_MIGRATIONS__DIRECTORY", migrations),
+    ];
+
+    let first = dbmanager(&env, &["db", "create"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stdout(&first).contains(&format!("created database {}", guard.name)));
+    let second = dbmanager(&env, &["db", "create"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("already exists"),
+        "{}",
+        stdout(&second)
+    );
+
+    let up = dbmanager(&env, &["migrate", "up"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        stdout(&up).lines().filter(|l| l.starts_with("up ")).count(),
+        3,
+        "{}",
+        stdout(&up)
+    );
+    let again = dbmanager(&env, &["migrate", "up"]);
+    assert_eq!(stdout(&again).trim(), "nothing to do");
+
+    let status = dbmanager(&env, &["migrate", "status", "--json"]);
+    assert!(status.status.success());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    let states: Vec<&str> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "applied", "applied"]);
+
+    let down = dbmanager(&env, &["migrate", "down", "--steps", "2"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(stdout(&down).contains("down 3_create_system_configs"));
+    assert!(stdout(&down).contains("down 2_create_user_sessions"));
+    let text = stdout(&dbmanager(&env, &["migrate", "status"]));
+    assert_eq!(
+        text.lines().filter(|l| l.contains("pending")).count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        support::query_i64(
+            &guard.url,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'user_sessions'"
+        )
+        .await,
+        0
+    );
+
+    // Dropping a database whose name does not look like a test one needs --force.
+    let refused = dbmanager(&env, &["db", "drop"]);
+    let line = assert_one_line_failure(&refused);
+    assert!(line.contains("--force"), "{line}");
+    let dropped = dbmanager(&env, &["db", "drop", "--force"]);
+    assert!(dropped.status.success(), "{}", stderr(&dropped));
+    assert!(!support::database_exists(&guard.name).await);
+}
+
+#[test]
+fn migrate_new_continues_the_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("migrations");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("7_first.up.sql"), "SELECT 1;").unwrap();
+    let env = [("DBMANAGER_MIGRATIONS__DIRECTORY", folder.to_str().unwrap())];
+    let output = dbmanager(&env, &["migrate", "new", "add_orders"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(folder.join("8_add_orders.up.sql").exists());
+    assert!(folder.join("8_add_orders.down.sql").exists());
+    let bad = dbmanager(&env, &["migrate", "new", "Add Orders"]);
+    assert_one_line_failure(&bad);
 }

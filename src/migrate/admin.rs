@@ -196,7 +196,6 @@ pub(crate) async fn create_database(
 }
 
 /// Drops a database, disconnecting its sessions (`WITH (FORCE)`).
-#[cfg(feature = "testing")]
 pub(crate) async fn drop_database(client: &Client, name: &str, secrets: &[String]) -> Result<()> {
     let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
     client.batch_execute(&sql).await.map_err(|e| {

@@ -48,6 +48,7 @@
 pub(crate) mod admin;
 mod apply;
 mod bootstrap;
+mod drop;
 mod error;
 mod history;
 mod lock;
@@ -58,6 +59,7 @@ mod split;
 mod status;
 
 pub use bootstrap::{Bootstrap, BootstrapReport, DatabaseBootstrap};
+pub use drop::{drop_configured_database, looks_like_test_database};
 pub use error::MigrateError;
 pub use migrator::Migrator;
 pub use report::{Direction, MigrateReport, MigrationRun, RepairReport};

@@ -28,6 +28,16 @@ pub enum Command {
     Wait(WaitArgs),
     /// Print the health report as JSON; exit 0 when up, 1 degraded, 2 down.
     Health,
+    /// Create, drop or reset the PostgreSQL database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Apply, revert and inspect SQL migrations (folder: migrations.directory).
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -40,6 +50,70 @@ pub struct WaitArgs {
     /// Give up after this long ("30s", "2m").
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Which database a `db` command works on.
+#[derive(Debug, Args)]
+pub struct DbTarget {
+    /// The test database (TEST_DATABASE_URL, or the main one prefixed test_).
+    #[arg(long)]
+    pub test: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the database (and [bootstrap] extensions) when missing.
+    Create(DbTarget),
+    /// Drop the database. Refuses a name that does not look like a test
+    /// database (test_*, *_test) unless --force.
+    Drop {
+        #[command(flatten)]
+        target: DbTarget,
+        /// Drop even a database that does not look like a test database.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Drop, create and migrate the database (same refusal as drop).
+    Reset {
+        #[command(flatten)]
+        target: DbTarget,
+        /// Reset even a database that does not look like a test database.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Apply pending migrations (all, or up to --to).
+    Up {
+        /// Stop after this version.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Revert migrations: the newest one, --steps of them, or down to --to.
+    Down {
+        /// How many to revert.
+        #[arg(long, default_value_t = 1, conflicts_with = "to")]
+        steps: usize,
+        /// Revert every migration newer than this version (0: all).
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Show applied, pending, changed and missing migrations.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an empty migration pair <version>_<name>.up.sql / .down.sql.
+    New {
+        /// Words of the name: lowercase letters, digits and underscores.
+        name: String,
+    },
+    /// Re-record checksums after a deliberate edit of applied migrations,
+    /// and forget applied migrations whose files are gone.
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]

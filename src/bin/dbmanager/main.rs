@@ -7,7 +7,9 @@
 
 mod args;
 mod config_cmd;
+mod db_cmd;
 mod health_cmd;
+mod migrate_cmd;
 mod wait_cmd;
 
 use std::process::ExitCode;
@@ -41,6 +43,8 @@ async fn run(cli: Cli) -> dbmanager::Result<ExitCode> {
     match cli.command {
         Command::Wait(args) => wait_cmd::run(load(&loader)?, args).await,
         Command::Health => health_cmd::run(load(&loader)?).await,
+        Command::Db { command } => db_cmd::run(load(&loader)?, command).await,
+        Command::Migrate { command } => migrate_cmd::run(load(&loader)?, command).await,
         Command::Config {
             command: ConfigCommand::Show { json },
         } => config_cmd::show(&loader, json),

@@ -1,0 +1,255 @@
+//! The example service (examples/service.rs) started as a process: seed,
+//! CRUD over HTTP on both databases, metrics, and a graceful SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{TestDb, admin_url, http, query_i64, unique_name};
+
+/// The example binary, built by `cargo test` next to the test binaries.
+fn service_binary() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let binary = deps.parent().unwrap().join("examples").join("service");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo test --all-features` (or `cargo build --example service --features axum,metrics`)",
+        binary.display()
+    );
+    binary
+}
+
+struct Service {
+    env: Vec<(String, String)>,
+}
+
+impl Service {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(service_binary());
+        command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+        for var in [
+            "DATABASE_URL",
+            "TEST_DATABASE_URL",
+            "MONGODB_URL",
+            "DBMANAGER_CONFIG",
+            "PORT",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    fn seed(&self) -> String {
+        let output = self.command(&["seed"]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "seed failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts serving; returns the child and its address once it listens.
+    fn start(&self) -> (Child, SocketAddr) {
+        let mut child = self
+            .command(&[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the service printed its address")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                break addr.parse().unwrap();
+            }
+        };
+        // Keep reading stdout so the service never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (child, addr)
+    }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_crud_metrics_and_a_graceful_sigterm() {
+    let pg = TestDb::adopt(&unique_name("service"));
+    let (mongo_url, _mongo) = support::mongo();
+    let mongo_db = unique_name("service");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = Service {
+        env: vec![
+            ("DATABASE_URL".into(), pg.url.clone()),
+            ("MONGODB_URL".into(), mongo_url.clone()),
+            ("DBMANAGER_MONGODB__DATABASE".into(), mongo_db.clone()),
+            (
+                "DBMANAGER_POSTGRES__POOL__MAINTENANCE_INTERVAL".into(),
+                "200ms".into(),
+            ),
+            ("PORT".into(), port.to_string()),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+    };
+
+    // Seeding twice leaves the same data.
+    assert!(service.seed().contains("seeded"));
+    service.seed();
+    let count = |table: &str| {
+        let url = pg.url.clone();
+        let table = table.to_string();
+        async move { query_i64(&url, &format!("SELECT count(*) FROM {table}")).await }
+    };
+    assert_eq!(count("users").await, 3);
+    assert_eq!(count("system_configs").await, 1);
+
+    let (mut child, addr) = service.start();
+
+    // Users (PostgreSQL).
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"email":"linus@example.com","name":"Linus"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let user = json(&body);
+    let id = user["id"].as_str().unwrap().to_string();
+    let (code, body) = http(addr, "GET", &format!("/users/{id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["email"], "linus@example.com");
+    let (code, body) = http(
+        addr,
+        "PATCH",
+        &format!("/users/{id}"),
+        Some(r#"{"name":"Linus T."}"#),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["name"], "Linus T.");
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"email":"linus@example.com","name":"Dup"}"#),
+    )
+    .await;
+    assert_eq!(code, 409, "the unique email index answers 409");
+    let (code, body) = http(addr, "GET", "/users", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body).as_array().unwrap().len(), 4);
+    let (code, _) = http(addr, "DELETE", &format!("/users/{id}"), None).await;
+    assert_eq!(code, 204);
+    let (code, _) = http(addr, "GET", &format!("/users/{id}"), None).await;
+    assert_eq!(code, 404);
+
+    // Posts (MongoDB).
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/posts",
+        Some(r#"{"title":"Hi","body":"First","author":"ada"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let post_id = json(&body)["_id"].as_str().unwrap().to_string();
+    let (code, body) = http(addr, "GET", &format!("/posts/{post_id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["title"], "Hi");
+    let (code, body) = http(
+        addr,
+        "PATCH",
+        &format!("/posts/{post_id}"),
+        Some(r#"{"title":"Hello"}"#),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["title"], "Hello");
+    let (code, body) = http(
+        addr,
+        "POST",
+        &format!("/posts/{post_id}/replies"),
+        Some(r#"{"author":"grace","body":"Welcome"}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["replies"][0]["author"], "grace");
+    let (_, body) = http(addr, "POST", &format!("/posts/{post_id}/upvote"), None).await;
+    assert_eq!(json(&body)["upvotes"], 1);
+    let (code, body) = http(addr, "GET", "/posts", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        json(&body).as_array().unwrap().len(),
+        3,
+        "two seeded posts and one new"
+    );
+    let (code, _) = http(addr, "DELETE", &format!("/posts/{post_id}"), None).await;
+    assert_eq!(code, 204);
+    let (code, _) = http(addr, "GET", &format!("/posts/{post_id}"), None).await;
+    assert_eq!(code, 404);
+
+    // Health and metrics.
+    let (code, body) = http(addr, "GET", "/health/db", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["status"], "up");
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            let (_, metrics) = http(addr, "GET", "/metrics", None).await;
+            metrics.contains("dbmanager_pool_open_connections{database=\"postgres\"}")
+                && metrics.contains("dbmanager_pool_open_connections{database=\"mongodb\"}")
+                && metrics.contains("dbmanager_acquire_wait_seconds")
+        })
+        .await,
+        "/metrics shows the pool gauges"
+    );
+
+    // SIGTERM while a slow request is in flight: it finishes, then exit 0.
+    let slow = tokio::spawn(async move { http(addr, "GET", "/slow/1500", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (code, body) = slow.await.unwrap();
+    assert_eq!(code, 200, "the in-flight request finished: {body}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        query_i64(
+            &admin_url(),
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+                pg.name
+            )
+        )
+        .await,
+        0,
+        "the service closed its sessions"
+    );
+    let _ = mongo_url;
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLS="$ROOT/.tools"
-RUN_DIR="${DBMANAGER_RUN_DIR:-$TOOLS/run}"
+RUN_DIR="${SERVICES_RUN_DIR:-$TOOLS/run}"
 VENV="$TOOLS/mongoeco-venv"
 MONGOECO_VERSION="${MONGOECO_VERSION:-4.11.0}"
 

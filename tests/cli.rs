@@ -268,6 +268,35 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
         0
     );
 
+    // Reset: drop, create and migrate again, here on data written meanwhile.
+    support::sql(
+        &guard.url,
+        "INSERT INTO users (email, name) VALUES ('x@example.com', 'x')",
+    )
+    .await;
+    let refused = dbmanager(&env, &["db", "reset"]);
+    assert!(assert_one_line_failure(&refused).contains("--force"));
+    let reset = dbmanager(&env, &["db", "reset", "--force"]);
+    assert!(reset.status.success(), "{}", stderr(&reset));
+    assert!(
+        stdout(&reset).contains("dropped database"),
+        "{}",
+        stdout(&reset)
+    );
+    assert_eq!(
+        stdout(&reset)
+            .lines()
+            .filter(|l| l.starts_with("applied "))
+            .count(),
+        3,
+        "{}",
+        stdout(&reset)
+    );
+    assert_eq!(
+        support::query_i64(&guard.url, "SELECT count(*) FROM users").await,
+        0
+    );
+
     // Dropping a database whose name does not look like a test one needs --force.
     let refused = dbmanager(&env, &["db", "drop"]);
     let line = assert_one_line_failure(&refused);

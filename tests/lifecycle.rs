@@ -378,3 +378,41 @@ async fn the_maintenance_task_ends_on_shutdown_leaving_no_task_running() {
         runtime.metrics().num_alive_tasks()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_acquire_logs_a_warning_with_the_pool_status() {
+    let logs = support::logs();
+    let db = TestDb::create("slowacq").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.max_size = 1;
+    config.postgres.pool.min_idle = 1;
+    config.postgres.pool.slow_acquire_threshold = Some(Duration::from_millis(100));
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap().clone();
+
+    let held = pool.get().await.unwrap();
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(held);
+    });
+    let (waited, line) = (pool.get().await.unwrap(), line!());
+    releaser.await.unwrap();
+    drop(waited);
+    let location = format!("tests/lifecycle.rs:{line}");
+    let warning = logs
+        .contents()
+        .lines()
+        .find(|l| l.contains("slow connection acquire") && l.contains(&location))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no slow-acquire warning naming {location}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("max_size 1, open 1"),
+        "the pool status is in the warning: {warning}"
+    );
+    manager.shutdown().await.unwrap();
+}

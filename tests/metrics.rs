@@ -150,6 +150,24 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     assert!(recreated >= 2, "replaced: {recreated}");
     assert_eq!(open_gauge, Some(2.0), "the open gauge shows the pool");
 
+    // MongoDB operations are counted through the driver's pool events.
+    let mongo = manager.mongo().unwrap();
+    mongo
+        .database()
+        .collection::<dbmanager::mongodb::bson::Document>("m")
+        .insert_one(dbmanager::mongodb::bson::doc! { "x": 1 })
+        .await
+        .unwrap();
+    let mut mongo_holds = 0;
+    for _ in 0..100 {
+        mongo_holds += Reading::take(&snapshotter).histogram_count(names::HOLD, &[MONGO]);
+        if mongo_holds > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mongo_holds >= 1, "MongoDB hold times are recorded");
+
     // Health probes are timed, per database.
     let report = manager.health().await;
     assert!(report.is_healthy());

@@ -1,10 +1,10 @@
 //! Pool figures computed from the driver's connection-pool (CMAP) events:
 //! the driver publishes events but no pool statistics of its own.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mongodb::event::EventHandler;
 use mongodb::event::cmap::{CmapEvent, ConnectionCheckoutFailedReason, ConnectionClosedReason};
@@ -17,11 +17,11 @@ use crate::metrics::{self, CloseReason};
 #[derive(Debug, Default)]
 pub(crate) struct PoolEvents {
     pub open: AtomicI64,
-    /// Connections checked out, by server and connection id. The driver also
-    /// reports a check-in for connections its background task adds to the
-    /// pool, which were never checked out, so check-ins are matched against
-    /// check-outs rather than counted blindly.
-    checked_out: Mutex<HashSet<(String, u32)>>,
+    /// Connections checked out, by server and connection id, with when. The
+    /// driver also reports a check-in for connections its background task
+    /// adds to the pool, which were never checked out, so check-ins are
+    /// matched against check-outs rather than counted blindly.
+    checked_out: Mutex<HashMap<(String, u32), Instant>>,
     pub waiting: AtomicI64,
     pub created: AtomicU64,
     pub closed: AtomicU64,
@@ -50,11 +50,18 @@ impl PoolEvents {
         self.checked_out.lock().expect("checked-out set lock").len()
     }
 
+    /// Forgets a checked-out connection; `true` (and the hold time is
+    /// recorded) when it was checked out.
     fn check_in(&self, address: String, id: u32) -> bool {
-        self.checked_out
+        let since = self
+            .checked_out
             .lock()
             .expect("checked-out set lock")
-            .remove(&(address, id))
+            .remove(&(address, id));
+        if let Some(since) = since {
+            metrics::released(Backend::Mongodb, since.elapsed());
+        }
+        since.is_some()
     }
 
     pub fn waiting(&self) -> usize {
@@ -106,7 +113,7 @@ impl PoolEvents {
                 self.checked_out
                     .lock()
                     .expect("checked-out set lock")
-                    .insert((e.address.to_string(), e.connection_id));
+                    .insert((e.address.to_string(), e.connection_id), Instant::now());
                 self.record_wait(e.duration);
             }
             CmapEvent::ConnectionCheckedIn(e)

@@ -8,7 +8,8 @@ fn documented_settings() -> BTreeMap<String, String> {
         "/docs/configuration.md"
     ))
     .unwrap();
-    let table = doc.split("## Settings").nth(1).expect("a Settings section");
+    let section = doc.split("## Settings").nth(1).expect("a Settings section");
+    let table = section.split("\n## ").next().unwrap_or(section);
     let mut out = BTreeMap::new();
     for line in table.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();

@@ -177,14 +177,17 @@ impl Default for PostgresPoolConfig {
     }
 }
 
+/// Whether this build connects with TLS (feature `tls`).
+const TLS: bool = cfg!(feature = "tls");
+
 /// sslmode values libpq knows, and whether this build can honour them.
 const SSLMODES: &[(&str, bool)] = &[
     ("disable", true),
-    ("allow", false),
+    ("allow", TLS),
     ("prefer", true),
-    ("require", false),
-    ("verify-ca", false),
-    ("verify-full", false),
+    ("require", TLS),
+    ("verify-ca", TLS),
+    ("verify-full", TLS),
 ];
 
 impl PostgresConfig {
@@ -300,7 +303,7 @@ fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
             Some((_, false)) => {
                 return p.push(
                     key,
-                    format!("has sslmode `{mode}`, which this build does not support: it connects without TLS (use `disable` or `prefer`; see docs/configuration.md)"),
+                    format!("has sslmode `{mode}`, which needs the `tls` feature (on by default), disabled in this build"),
                 );
             }
             Some(_) => {}

@@ -135,6 +135,22 @@ impl ConnectionString {
         }
     }
 
+    /// The string again without these parameters (URL query parameters or
+    /// key/value pairs).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub fn without_params(&self, keys: &[&str]) -> String {
+        match self.clone() {
+            ConnectionString::Url(mut u) => {
+                u.query.retain(|(k, _)| !keys.contains(&k.as_str()));
+                u.render(false)
+            }
+            ConnectionString::KeyValue(mut pairs) => {
+                pairs.retain(|(k, _)| !keys.contains(&k.as_str()));
+                render_key_value(&pairs, false)
+            }
+        }
+    }
+
     /// The string with the password replaced by `[redacted]`.
     pub fn redacted(&self) -> String {
         match self {

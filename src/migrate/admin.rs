@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::{Error, Result};
-use crate::postgres::{connect_error, describe_error, driver_config};
+use crate::postgres::{Connector, connect_error, describe_error, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -47,13 +47,14 @@ impl Drop for DirectConnection {
 #[derive(Clone)]
 pub(crate) struct Server {
     base: tokio_postgres::Config,
+    tls: Connector,
     parsed: ConnectionString,
     secrets: Vec<String>,
 }
 
 impl Server {
     pub fn new(config: &PostgresConfig, url: &DatabaseUrl) -> Result<Server> {
-        let base = driver_config(config, url)?;
+        let driver = driver_config(config, url)?;
         let parsed = ConnectionString::parse(url.expose()).map_err(|p| {
             Error::config(
                 "postgres.url",
@@ -61,7 +62,8 @@ impl Server {
             )
         })?;
         Ok(Server {
-            base,
+            base: driver.config,
+            tls: driver.tls,
             parsed,
             secrets: url.password().into_iter().collect(),
         })
@@ -98,7 +100,7 @@ impl Server {
         let mut config = self.base.clone();
         config.dbname(database);
         let (client, connection) = config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| connect_error(&e, &self.target(database), &self.secrets))?;
         let task = tokio::spawn(async move {

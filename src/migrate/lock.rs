@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio_postgres::{CancelToken, Client, NoTls};
+use tokio_postgres::{CancelToken, Client};
 
 use super::error::MigrateError;
 use crate::error::{Error, Result};
-use crate::postgres::PooledConnection;
+use crate::postgres::{Connector, PooledConnection};
 
 /// The advisory lock key of a scope: the first 8 bytes of its SHA-256.
 /// Advisory locks are per database, so the same key in two databases
@@ -112,7 +112,7 @@ async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
 ///   back the open transaction and releases the lock with the session.
 pub(crate) struct MigrationLock {
     connection: Option<PooledConnection>,
-    cancel: Option<CancelToken>,
+    cancel: Option<(CancelToken, Connector)>,
     key: i64,
 }
 
@@ -124,7 +124,7 @@ impl MigrationLock {
         key: i64,
         timeout: Option<Duration>,
     ) -> Result<MigrationLock> {
-        let cancel = connection.cancel_token();
+        let cancel = (connection.cancel_token(), connection.tls());
         let lock = MigrationLock {
             connection: Some(connection),
             cancel: Some(cancel),
@@ -194,7 +194,8 @@ impl Drop for MigrationLock {
             (self.cancel.take(), tokio::runtime::Handle::try_current())
         {
             runtime.spawn(async move {
-                let _ = cancel.cancel_query(NoTls).await;
+                let (token, tls) = cancel;
+                let _ = token.cancel_query(tls).await;
             });
         }
         connection.discard();

@@ -8,11 +8,38 @@ use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::{Backend, Error, FailureKind};
 use crate::retry::classify_postgres;
 
+/// The TLS connector connections are made with: rustls (feature `tls`),
+/// or none.
+#[cfg(feature = "tls")]
+pub(crate) type Connector = super::tls::PgTls;
+/// The TLS connector connections are made with: rustls (feature `tls`),
+/// or none.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Connector = tokio_postgres::NoTls;
+
+/// URL parameters handled here rather than by tokio-postgres, which knows
+/// only `disable`, `prefer` and `require` and no CA files.
+#[cfg(feature = "tls")]
+const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
+
+/// What a connection needs: the driver configuration and the TLS connector.
+#[derive(Clone)]
+pub(crate) struct Driver {
+    pub config: tokio_postgres::Config,
+    pub tls: Connector,
+}
+
 /// Parses a URL or key/value string with tokio-postgres, describing a
 /// failure without the secret.
 pub(crate) fn parse_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, String> {
-    tokio_postgres::Config::from_str(url.expose()).map_err(|e| {
-        let secrets: Vec<String> = url.password().into_iter().collect();
+    let secrets: Vec<String> = url.password().into_iter().collect();
+    #[cfg(feature = "tls")]
+    let text = crate::config::url::ConnectionString::parse(url.expose())
+        .map(|c| c.without_params(TLS_PARAMS))
+        .unwrap_or_else(|_| url.expose().to_string());
+    #[cfg(not(feature = "tls"))]
+    let text = url.expose().to_string();
+    tokio_postgres::Config::from_str(&text).map_err(|e| {
         format!(
             "is not accepted by the PostgreSQL driver: {}",
             scrub(&describe_error(&e), &secrets)
@@ -20,14 +47,42 @@ pub(crate) fn parse_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, 
     })
 }
 
+/// The TLS side of a URL: tokio-postgres' mode and our connector.
+#[cfg(feature = "tls")]
+fn tls_settings(url: &DatabaseUrl) -> Result<(tokio_postgres::config::SslMode, Connector), String> {
+    use super::tls::{PgTls, Verification, client_config, root_cert_path};
+    use tokio_postgres::config::SslMode;
+    let parsed = crate::config::url::ConnectionString::parse(url.expose())
+        .map_err(|p| format!("is not a valid connection string: it {p}"))?;
+    let root_cert = root_cert_path(parsed.param("sslrootcert"));
+    let (mode, verification) = match parsed.param("sslmode").as_deref().unwrap_or("prefer") {
+        "disable" => (SslMode::Disable, Verification::None),
+        "allow" | "prefer" => (SslMode::Prefer, Verification::None),
+        // libpq: with a CA file, `require` checks the chain like verify-ca.
+        "require" if root_cert.is_some() => (SslMode::Require, Verification::Chain),
+        "require" => (SslMode::Require, Verification::None),
+        "verify-ca" => (SslMode::Require, Verification::Chain),
+        "verify-full" => (SslMode::Require, Verification::Full),
+        other => return Err(format!("has unknown sslmode `{other}`")),
+    };
+    let config = client_config(verification, root_cert.as_deref())?;
+    Ok((mode, PgTls::new(config)))
+}
+
 /// The driver configuration for a pool: the URL plus the session settings,
 /// keepalives and timeouts of `[postgres]`. Session settings travel in the
 /// startup packet (`options=-c ...`), so they cost no round trip.
-pub(crate) fn driver_config(
-    config: &PostgresConfig,
-    url: &DatabaseUrl,
-) -> Result<tokio_postgres::Config, Error> {
+pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Result<Driver, Error> {
     let mut pg = parse_config(url).map_err(|problem| Error::config("postgres.url", problem))?;
+    #[cfg(feature = "tls")]
+    let tls = {
+        let (mode, tls) =
+            tls_settings(url).map_err(|problem| Error::config("postgres.url", problem))?;
+        pg.ssl_mode(mode);
+        tls
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls = tokio_postgres::NoTls;
     if pg.get_application_name().is_none() {
         pg.application_name(&config.application_name);
     }
@@ -53,7 +108,7 @@ pub(crate) fn driver_config(
     if !options.is_empty() {
         pg.options(&options);
     }
-    Ok(pg)
+    Ok(Driver { config: pg, tls })
 }
 
 /// A readable, complete description of a tokio-postgres error: the

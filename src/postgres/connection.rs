@@ -61,6 +61,12 @@ impl PooledConnection {
         self.checked_out_at.elapsed()
     }
 
+    /// The TLS connector of this connection's pool, for cancel requests.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+    pub(crate) fn tls(&self) -> super::connect::Connector {
+        self.shared.tls.clone()
+    }
+
     /// Closes the connection instead of returning it to the pool, for a
     /// session whose state cannot be reset (a `SET ROLE` you cannot undo, a
     /// protocol error mid-stream). The pool opens a fresh one when needed.

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
-use tokio_postgres::NoTls;
 
-use super::connect::connect_error;
+use super::connect::{Driver, connect_error};
 use super::shared::{LiveConnection, Shared};
 use crate::config::RecyclingMethod;
 use crate::error::Error;
@@ -46,13 +45,13 @@ impl PgConnection {
 }
 
 pub(crate) struct PgManager {
-    pg_config: tokio_postgres::Config,
+    driver: Driver,
     shared: Arc<Shared>,
 }
 
 impl PgManager {
-    pub fn new(pg_config: tokio_postgres::Config, shared: Arc<Shared>) -> Self {
-        PgManager { pg_config, shared }
+    pub fn new(driver: Driver, shared: Arc<Shared>) -> Self {
+        PgManager { driver, shared }
     }
 
     fn expiry(&self, opened: Instant) -> Option<Instant> {
@@ -70,8 +69,9 @@ impl Manager for PgManager {
     async fn create(&self) -> Result<PgConnection, Error> {
         let started = Instant::now();
         let (client, connection) = self
-            .pg_config
-            .connect(NoTls)
+            .driver
+            .config
+            .connect(self.driver.tls.clone())
             .await
             .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());

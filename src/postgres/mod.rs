@@ -9,6 +9,8 @@ mod manager;
 mod pool;
 mod probe;
 mod shared;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use connect::describe_error;
 pub use connection::PooledConnection;
@@ -18,5 +20,5 @@ pub use pool::{PoolStats, PostgresPool};
 
 pub(crate) use connect::parse_config;
 #[cfg(feature = "migrate")]
-pub(crate) use connect::{connect_error, driver_config};
+pub(crate) use connect::{Connector, connect_error, driver_config};
 pub(crate) use hooks::Hooks;

@@ -83,7 +83,8 @@ impl PostgresPool {
             backend: Backend::Postgres,
             hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
         })?;
-        let pg = driver_config(config, url)?;
+        let driver = driver_config(config, url)?;
+        let pg = &driver.config;
         let parsed = ConnectionString::parse(url.expose()).ok();
         let target = parsed
             .as_ref()
@@ -107,8 +108,15 @@ impl PostgresPool {
             QueueMode::Fifo => deadpool::managed::QueueMode::Fifo,
         };
         let max_size = settings.max_size;
-        let shared = Arc::new(Shared::new(settings, hooks, target, database, secrets));
-        let pool = Pool::builder(PgManager::new(pg, shared.clone()))
+        let shared = Arc::new(Shared::new(
+            driver.tls.clone(),
+            settings,
+            hooks,
+            target,
+            database,
+            secrets,
+        ));
+        let pool = Pool::builder(PgManager::new(driver, shared.clone()))
             .max_size(max_size)
             .timeouts(timeouts)
             .queue_mode(queue_mode)
@@ -369,7 +377,7 @@ impl PostgresPool {
                 .cloned()
                 .collect();
             let cancels = futures_util::future::join_all(
-                tokens.iter().map(|t| t.cancel_query(tokio_postgres::NoTls)),
+                tokens.iter().map(|t| t.cancel_query(shared.tls.clone())),
             );
             let _ = tokio::time::timeout(Duration::from_secs(2), cancels).await;
             shared.close_all.send_replace(true);

@@ -10,6 +10,7 @@ use tokio_postgres::CancelToken;
 
 use tokio::sync::{Notify, watch};
 
+use super::connect::Connector;
 use super::hooks::Hooks;
 use crate::config::PostgresPoolConfig;
 use crate::error::Backend;
@@ -56,12 +57,15 @@ pub(crate) struct Shared {
     /// their queries on the server too (a backend busy in a query does not
     /// notice its client is gone).
     pub cancel_tokens: Mutex<HashMap<u64, CancelToken>>,
+    /// The TLS connector, also needed to send cancel requests.
+    pub tls: Connector,
     next_connection_id: AtomicU64,
     pub counters: Counters,
 }
 
 impl Shared {
     pub fn new(
+        tls: Connector,
         settings: PostgresPoolConfig,
         hooks: Hooks,
         target: String,
@@ -81,6 +85,7 @@ impl Shared {
             connection_ended: Notify::new(),
             close_all: watch::Sender::new(false),
             cancel_tokens: Mutex::new(HashMap::new()),
+            tls,
             next_connection_id: AtomicU64::new(0),
             counters: Counters::default(),
         }

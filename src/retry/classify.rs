@@ -82,16 +82,18 @@ pub(crate) fn classify_postgres(error: &tokio_postgres::Error) -> FailureKind {
             _ => FailureKind::Other,
         };
     }
+    // tokio-postgres exposes no accessor for its TLS error kind; its
+    // message is the only way to tell a TLS failure apart. It comes before
+    // the I/O check: a failed handshake (untrusted certificate) arrives as
+    // an I/O error inside the TLS one, and must not be retried.
+    if error.to_string().contains("TLS") {
+        return FailureKind::Tls;
+    }
     if let Some(io) = io_in_chain(error) {
         return classify_io(io);
     }
     if error.is_closed() {
         return FailureKind::Reset;
-    }
-    // tokio-postgres exposes no accessor for its TLS error kind; its
-    // message is the only way to tell a TLS failure apart.
-    if error.to_string().contains("TLS") {
-        return FailureKind::Tls;
     }
     FailureKind::Other
 }

@@ -286,6 +286,106 @@ impl PgCluster {
             self.password, self.port
         )
     }
+
+    /// Turns TLS on (before `start`) with a fresh test CA and a server
+    /// certificate it signed for `localhost` only, and accepts only
+    /// encrypted connections. Returns the CA certificate's path.
+    pub fn enable_tls(&self) -> PathBuf {
+        let data = self.dir.path().join("data");
+        let dir = self.dir.path();
+        let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (cert, key, csr) = (
+            data.join("server.crt"),
+            data.join("server.key"),
+            dir.join("server.csr"),
+        );
+        let extensions = dir.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl is needed for the TLS tests");
+            assert!(
+                output.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        openssl(&[
+            &os("req"),
+            &os("-x509"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-days"),
+            &os("2"),
+            &os("-subj"),
+            &os("/CN=dbmanager test CA"),
+            &os("-keyout"),
+            ca_key.as_os_str(),
+            &os("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            &os("req"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os("/CN=localhost"),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-in"),
+            csr.as_os_str(),
+            &os("-CA"),
+            ca.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-CAcreateserial"),
+            &os("-days"),
+            &os("2"),
+            &os("-extfile"),
+            extensions.as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ]);
+        if self.root {
+            Command::new("chown")
+                .arg("postgres")
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .unwrap();
+        }
+        Command::new("chmod").arg("600").arg(&key).status().unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        ca
+    }
 }
 
 impl Drop for PgCluster {

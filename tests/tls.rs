@@ -1,0 +1,145 @@
+//! TLS to PostgreSQL with libpq's sslmode semantics, against a server that
+//! accepts only encrypted connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dbmanager::retry::Jitter;
+use dbmanager::{DatabaseManager, Error, FailureKind, RetryPolicy};
+use support::{PgCluster, pg_config};
+
+async fn encrypted(db: &DatabaseManager) -> bool {
+    let client = db.postgres().unwrap().get().await.unwrap();
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn url(cluster: &PgCluster, host: &str, params: &str) -> String {
+    format!(
+        "postgres://postgres:{}@{host}:{}/postgres?{params}",
+        cluster.password, cluster.port
+    )
+}
+
+/// A policy whose first wait is long, to see that TLS failures are not retried.
+fn patient() -> RetryPolicy {
+    RetryPolicy::exponential()
+        .initial_delay(Duration::from_secs(2))
+        .max_attempts(5)
+        .jitter(Jitter::None)
+}
+
+async fn connect(url: &str) -> dbmanager::Result<DatabaseManager> {
+    let mut config = pg_config(url);
+    config.retry = patient();
+    DatabaseManager::builder().config(config).build().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sslmode_behaves_as_in_libpq() {
+    let cluster = PgCluster::init("tls-secret-pw");
+    let ca = cluster.enable_tls();
+    cluster.start();
+    let ca = ca.display();
+
+    // Encryption without authentication.
+    for mode in ["require", "prefer"] {
+        let db = connect(&url(&cluster, "127.0.0.1", &format!("sslmode={mode}")))
+            .await
+            .unwrap();
+        assert!(encrypted(&db).await, "sslmode={mode} encrypts");
+        db.shutdown().await.unwrap();
+    }
+
+    // The chain is checked against sslrootcert; the host name too with verify-full.
+    let db = connect(&url(
+        &cluster,
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap();
+    assert!(encrypted(&db).await);
+    db.shutdown().await.unwrap();
+    let db = connect(&url(
+        &cluster,
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap();
+    assert!(encrypted(&db).await, "verify-ca ignores the host name");
+    db.shutdown().await.unwrap();
+
+    // Failures are permanent: no retry, well before the first retry delay.
+    let failures = [
+        (
+            url(
+                &cluster,
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "host name mismatch",
+        ),
+        (
+            url(&cluster, "localhost", "sslmode=verify-full"),
+            "untrusted issuer",
+        ),
+    ];
+    for (url, what) in failures {
+        let started = Instant::now();
+        let err = connect(&url).await.unwrap_err();
+        let took = started.elapsed();
+        match &err {
+            Error::Connect { kind, attempts, .. } => {
+                assert_eq!(*kind, FailureKind::Tls, "{what}: {err}");
+                assert_eq!(*attempts, 1, "{what}");
+            }
+            other => panic!("{what}: expected a connect error, got {other:?}"),
+        }
+        assert!(
+            took < Duration::from_secs(2),
+            "{what}: failed in {took:?}, before the first retry delay"
+        );
+        assert!(!err.to_string().contains("tls-secret-pw"), "{err}");
+    }
+
+    // A server that only accepts TLS refuses a plain connection.
+    let err = connect(&url(&cluster, "127.0.0.1", "sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Connect {
+                kind: FailureKind::Authentication,
+                ..
+            }
+        ),
+        "pg_hba refuses unencrypted connections: {err}"
+    );
+    assert!(err.to_string().contains("no encryption"), "{err}");
+
+    // A missing CA file is a configuration error naming the key.
+    let err = connect(&url(
+        &cluster,
+        "localhost",
+        "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    ))
+    .await
+    .unwrap_err();
+    match err {
+        Error::Config { key, problem } => {
+            assert_eq!(key, "postgres.url");
+            assert!(problem.contains("sslrootcert"), "{problem}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}

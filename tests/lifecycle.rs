@@ -372,7 +372,7 @@ async fn the_maintenance_task_ends_on_shutdown_leaving_no_task_running() {
         eventually(Duration::from_secs(5), async || runtime
             .metrics()
             .num_alive_tasks()
-            == baseline)
+            <= baseline)
         .await,
         "no task of the manager is left: {} alive, {baseline} before",
         runtime.metrics().num_alive_tasks()

@@ -199,10 +199,21 @@ impl MongoHandle {
     /// One `{ping: 1}`: the eager start-up proof.
     pub(crate) async fn ping_once(&self) -> Result<()> {
         let started = Instant::now();
-        self.client
-            .database("admin")
-            .run_command(doc! { "ping": 1 })
-            .await
+        let admin = self.client.database("admin");
+        let mut result = admin.run_command(doc! { "ping": 1 }).await;
+        if let Err(e) = &result {
+            if matches!(
+                e.kind.as_ref(),
+                mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
+            ) {
+                // The driver's background task filling the pool to min_size
+                // failed first (a wrong password, say) and cleared the pool
+                // under this ping. Asking again at once shows the cause
+                // itself, so a permanent failure is not retried as a reset.
+                result = admin.run_command(doc! { "ping": 1 }).await;
+            }
+        }
+        result
             .map(|_| ())
             .map_err(|e| self.connect_error(&e, started.elapsed()))
     }

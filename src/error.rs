@@ -274,6 +274,19 @@ pub enum Error {
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
 
+    /// A benchmark workload's data is missing: it was never created, or
+    /// was created in another database (feature `bench`).
+    #[cfg(feature = "bench")]
+    #[error("the {workload} benchmark cannot run: {problem}; {hint}")]
+    MissingDataset {
+        /// The workload that needs the data.
+        workload: crate::bench::Workload,
+        /// What is missing, and where it was looked for.
+        problem: String,
+        /// How to create it.
+        hint: String,
+    },
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {

@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod builder;
 pub mod config;
 mod error;

@@ -122,10 +122,15 @@ impl DatabaseManager {
     /// [`Error::NotConfigured`] when PostgreSQL is not configured.
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Result<&PostgresPool> {
-        self.inner.postgres.as_ref().ok_or(Error::NotConfigured {
-            backend: Backend::Postgres,
-            hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
-        })
+        // `ok_or_else`: this runs on every checkout, and an eagerly built
+        // error costs a drop even when it is not returned.
+        self.inner
+            .postgres
+            .as_ref()
+            .ok_or_else(|| Error::NotConfigured {
+                backend: Backend::Postgres,
+                hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
+            })
     }
 
     /// The MongoDB client and default database.
@@ -136,10 +141,14 @@ impl DatabaseManager {
     /// [`Error::ShuttingDown`] once shutdown has begun.
     #[cfg(feature = "mongodb")]
     pub fn mongo(&self) -> Result<&MongoHandle> {
-        let handle = self.inner.mongo.as_ref().ok_or(Error::NotConfigured {
-            backend: Backend::Mongodb,
-            hint: "MONGODB_URL, the MONGO_* variables or mongodb.url",
-        })?;
+        let handle = self
+            .inner
+            .mongo
+            .as_ref()
+            .ok_or_else(|| Error::NotConfigured {
+                backend: Backend::Mongodb,
+                hint: "MONGODB_URL, the MONGO_* variables or mongodb.url",
+            })?;
         if matches!(self.phase(), Phase::Draining | Phase::Closed) {
             return Err(Error::ShuttingDown {
                 backend: Backend::Mongodb,

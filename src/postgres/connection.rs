@@ -23,8 +23,8 @@ use crate::metrics::{self, CloseReason};
 /// (`prepare_cached`) and cached transactions. Dropping it returns the
 /// connection to the pool (after the `on_checkin` hook, if any).
 pub struct PooledConnection {
+    /// `Some` until the connection goes back (or is discarded).
     object: Option<Object<PgManager>>,
-    shared: Arc<Shared>,
     checked_out_at: Instant,
     leak_watch: Option<LeakWatch>,
 }
@@ -40,20 +40,27 @@ struct LeakWatch {
 impl PooledConnection {
     pub(crate) fn new(
         object: Object<PgManager>,
-        shared: Arc<Shared>,
         checked_out_at: Instant,
         caller: &'static Location<'static>,
     ) -> Self {
+        let shared = &object.shared;
         let leak_watch = shared
             .settings
             .leak_detection_threshold
-            .map(|threshold| LeakWatch::start(threshold, caller, &shared));
+            .map(|threshold| LeakWatch::start(threshold, caller, shared));
         PooledConnection {
             object: Some(object),
-            shared,
             checked_out_at,
             leak_watch,
         }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self
+            .object
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+            .shared
     }
 
     /// How long this connection has been checked out.
@@ -64,20 +71,24 @@ impl PooledConnection {
     /// The TLS connector of this connection's pool, for cancel requests.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) fn tls(&self) -> super::connect::Connector {
-        self.shared.tls.clone()
+        self.shared().tls.clone()
     }
 
     /// Closes the connection instead of returning it to the pool, for a
     /// session whose state cannot be reset (a `SET ROLE` you cannot undo, a
     /// protocol error mid-stream). The pool opens a fresh one when needed.
     pub fn discard(mut self) {
-        if let Some(object) = self.object.take() {
+        if self.object.is_some() {
             self.finish();
-            self.shared.closed(CloseReason::Discarded, 1);
-            drop(Object::take(object));
+            self.shared().closed(CloseReason::Discarded, 1);
+            if let Some(object) = self.object.take() {
+                drop(Object::take(object));
+            }
         }
     }
 
+    /// Ends the checkout: hold time, leak watch, in-use count. Returns the
+    /// time of return.
     fn finish(&mut self) -> Instant {
         let now = Instant::now();
         let held = now.saturating_duration_since(self.checked_out_at);
@@ -85,7 +96,7 @@ impl PooledConnection {
         if let Some(watch) = self.leak_watch.take() {
             watch.finish(held);
         }
-        self.shared.checked_in();
+        self.shared().checked_in();
         now
     }
 }
@@ -155,8 +166,9 @@ impl DerefMut for PooledConnection {
 
 impl std::fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let database = self.object.as_ref().map(|o| o.shared.database.as_str());
         f.debug_struct("PooledConnection")
-            .field("database", &self.shared.database)
+            .field("database", &database)
             .field("held_for", &self.held_for())
             .finish_non_exhaustive()
     }
@@ -164,38 +176,47 @@ impl std::fmt::Debug for PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        let Some(mut object) = self.object.take() else {
+        if self.object.is_none() {
             return;
-        };
+        }
         let now = self.finish();
+        let object = self.object.as_mut().expect("checked above");
         object.last_released = now;
-        if let Some(hook) = self.shared.hooks.on_checkin.clone() {
-            // The hook is async; the connection goes back once it is done.
-            let shared = self.shared.clone();
+        let shared = &object.shared;
+        if let Some(hook) = &shared.hooks.on_checkin {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // The hook is async; the connection goes back once it is done.
+                let hook = hook.clone();
+                let object = self.object.take().expect("checked above");
                 runtime.spawn(async move {
                     if let Err(e) = hook.call(&object.client).await {
                         tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkin hook failed; closing the connection");
-                        shared.closed(CloseReason::Hook, 1);
+                        object.shared.closed(CloseReason::Hook, 1);
                         drop(Object::take(object));
                     } else {
-                        return_or_close(&shared, object);
+                        return_or_close(object);
                     }
                 });
                 return;
             }
         }
-        return_or_close(&self.shared, object);
+        if shared.settings.max_idle.is_some() {
+            if let Some(object) = self.object.take() {
+                return_or_close(object);
+            }
+        }
+        // Otherwise the object goes back to the pool when the field drops,
+        // right after this: not moving it out saves copying it.
     }
 }
 
 /// Returns a connection to the pool, or closes it when the pool already
 /// keeps `max_idle` idle connections (SQLAlchemy's overflow behaviour).
-fn return_or_close(shared: &Shared, object: Object<PgManager>) {
-    if let Some(max_idle) = shared.settings.max_idle {
+fn return_or_close(object: Object<PgManager>) {
+    if let Some(max_idle) = object.shared.settings.max_idle {
         if let Some(pool) = Object::pool(&object) {
             if pool.status().available >= max_idle {
-                shared.closed(CloseReason::Excess, 1);
+                object.shared.closed(CloseReason::Excess, 1);
                 drop(Object::take(object));
             }
         }

@@ -29,13 +29,29 @@ const LIFETIME_JITTER: f64 = 0.025;
 
 /// A pooled connection: the client with its statement cache, and when it
 /// must be retired.
-#[derive(Debug)]
+///
+/// The pool holds it boxed ([`PgManager`]'s `Type`): deadpool moves its
+/// objects on every checkout and return, and a pointer is cheaper to move
+/// than the client (a few hundred bytes).
 pub(crate) struct PgConnection {
     pub client: ClientWrapper,
     /// When the connection has lived its `max_lifetime`.
     pub expires_at: Option<Instant>,
     /// When it was last returned to the pool (or opened).
     pub last_released: Instant,
+    /// The pool's shared state, reached through the connection so that a
+    /// checkout does not clone an `Arc` (two contended atomic operations).
+    pub shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("client", &self.client)
+            .field("expires_at", &self.expires_at)
+            .field("last_released", &self.last_released)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgConnection {
@@ -63,15 +79,15 @@ impl PgManager {
 }
 
 impl Manager for PgManager {
-    type Type = PgConnection;
+    type Type = Box<PgConnection>;
     type Error = Error;
 
-    async fn create(&self) -> Result<PgConnection, Error> {
+    async fn create(&self) -> Result<Box<PgConnection>, Error> {
         let started = Instant::now();
-        let (client, connection) = self
-            .driver
-            .config
-            .connect(self.driver.tls.clone())
+        // Boxed: the connect future is several kilobytes, and this future is
+        // part of every checkout's future (deadpool's `get` may create), so
+        // inline it would be copied on every checkout.
+        let (client, connection) = Box::pin(self.driver.config.connect(self.driver.tls.clone()))
             .await
             .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
@@ -101,14 +117,19 @@ impl Manager for PgManager {
         let now = Instant::now();
         self.shared.created(now - started);
         tracing::debug!(target: "dbmanager::postgres", took_ms = (now - started).as_millis() as u64, "opened a connection");
-        Ok(PgConnection {
+        Ok(Box::new(PgConnection {
             client,
             expires_at: self.expiry(started),
             last_released: now,
-        })
+            shared: self.shared.clone(),
+        }))
     }
 
-    async fn recycle(&self, conn: &mut PgConnection, _: &Metrics) -> RecycleResult<Error> {
+    /// Checks a connection on checkout. deadpool sets no timer around this
+    /// (the pool's recycle timeout is `None`): the checks that make a round
+    /// trip time themselves with `recycle_timeout`, so the common checkout,
+    /// which makes none, pays for no timer.
+    async fn recycle(&self, conn: &mut Box<PgConnection>, _: &Metrics) -> RecycleResult<Error> {
         if conn.client.is_closed() {
             self.shared.closed(CloseReason::Broken, 1);
             return Err(RecycleError::message("connection closed"));
@@ -130,10 +151,21 @@ impl Manager for PgManager {
             RecyclingMethod::Custom(sql) => Some(sql.as_str()),
         };
         if let Some(sql) = query {
-            if let Err(e) = conn.client.simple_query(sql).await {
-                tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
-                self.shared.closed(CloseReason::Broken, 1);
-                return Err(RecycleError::message("connection failed its check"));
+            // Boxed: kept out of the checkout future, which every checkout
+            // moves, when no check runs.
+            let check = Box::pin(conn.client.simple_query(sql));
+            match tokio::time::timeout(settings.recycle_timeout, check).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
+                    self.shared.closed(CloseReason::Broken, 1);
+                    return Err(RecycleError::message("connection failed its check"));
+                }
+                Err(_) => {
+                    tracing::info!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+                    self.shared.closed(CloseReason::Broken, 1);
+                    return Err(RecycleError::message("connection check timed out"));
+                }
             }
         }
         Ok(())

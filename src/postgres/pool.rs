@@ -101,7 +101,10 @@ impl PostgresPool {
             wait: Some(settings.wait_timeout),
             // Room for the on_connect hook on top of the socket connect.
             create: Some(settings.connect_timeout * 2),
-            recycle: Some(settings.recycle_timeout),
+            // The manager times the checks that make a round trip itself
+            // (`recycle_timeout`): a deadpool timer here would cost every
+            // checkout a clock read and a timer entry.
+            recycle: None,
         };
         let queue_mode = match settings.queue_mode {
             QueueMode::Lifo => deadpool::managed::QueueMode::Lifo,
@@ -174,22 +177,17 @@ impl PostgresPool {
         let started = Instant::now();
         let wait = wait.unwrap_or(shared.settings.wait_timeout);
         let mut rejected_by_hook = 0usize;
-        let object = loop {
-            let remaining = wait.saturating_sub(started.elapsed());
-            let timeouts = Timeouts {
-                wait: Some(remaining),
-                ..self.pool.timeouts()
-            };
-            let object = self
-                .pool
-                .timeout_get(&timeouts)
-                .await
-                .map_err(|e| self.pool_error(e, started))?;
+        let (object, checked_out_at) = loop {
+            let object = self.checkout(started, wait).await?;
             let Some(hook) = &shared.hooks.on_checkout else {
-                break object;
+                // deadpool stamps every checkout, after the check (or the
+                // connect): no clock reading of our own is needed.
+                let metrics = Object::metrics(&object);
+                let at = metrics.recycled.unwrap_or(metrics.created);
+                break (object, at);
             };
             match hook.call(&object.client).await {
-                Ok(()) => break object,
+                Ok(()) => break (object, Instant::now()),
                 Err(e) => {
                     rejected_by_hook += 1;
                     tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkout hook failed; discarding the connection and trying another");
@@ -205,8 +203,7 @@ impl PostgresPool {
             }
         };
         shared.checked_out.fetch_add(1, Ordering::AcqRel);
-        let now = Instant::now();
-        let connection = PooledConnection::new(object, shared.clone(), now, caller);
+        let connection = PooledConnection::new(object, checked_out_at, caller);
         if shared.is_draining() {
             // Shutdown began while this caller waited: hand nothing out.
             drop(connection);
@@ -214,7 +211,7 @@ impl PostgresPool {
                 backend: Backend::Postgres,
             });
         }
-        let waited = now.saturating_duration_since(started);
+        let waited = checked_out_at.saturating_duration_since(started);
         metrics::acquired(Backend::Postgres, waited);
         if shared
             .settings
@@ -230,6 +227,30 @@ impl PostgresPool {
             );
         }
         Ok(connection)
+    }
+
+    /// One deadpool checkout: first without queueing, which sets no timer
+    /// (the common case: a connection is free), then queued for what is
+    /// left of `wait`. The semaphore is fair, so the first try never takes
+    /// a connection ahead of callers already queued.
+    async fn checkout(&self, started: Instant, wait: Duration) -> Result<Object<PgManager>> {
+        let configured = self.pool.timeouts();
+        let free_now = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..configured
+        };
+        match self.pool.timeout_get(&free_now).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+            result => return result.map_err(|e| self.pool_error(e, started)),
+        }
+        let queued = Timeouts {
+            wait: Some(wait.saturating_sub(started.elapsed())),
+            ..configured
+        };
+        self.pool
+            .timeout_get(&queued)
+            .await
+            .map_err(|e| self.pool_error(e, started))
     }
 
     fn pool_error(&self, error: PoolError<Error>, started: Instant) -> Error {

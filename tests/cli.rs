@@ -200,6 +200,7 @@ fn every_subcommand_has_help() {
         vec!["migrate", "status", "--help"],
         vec!["migrate", "new", "--help"],
         vec!["migrate", "repair", "--help"],
+        vec!["bench", "--help"],
     ] {
         let output = dbmanager(&[], &args);
         assert!(output.status.success(), "{args:?}");
@@ -319,4 +320,35 @@ fn migrate_new_continues_the_numbering() {
     assert!(folder.join("8_add_orders.down.sql").exists());
     let bad = dbmanager(&env, &["migrate", "new", "Add Orders"]);
     assert_one_line_failure(&bad);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_a_short_load_and_reports_json() {
+    let db = TestDb::create("cli_bench").await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let args = [
+        "bench",
+        "--workload",
+        "select1",
+        "--tasks",
+        "4",
+        "--pool-size",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+    let output = dbmanager(&env, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["workload"], "select1");
+    assert_eq!(report["tasks"], 4);
+    assert_eq!(report["pool_size"], 2);
+    assert!(report["operations"].as_u64().unwrap() > 0);
+    assert_eq!(report["errors"], 0);
+    let bad = dbmanager(&env, &["bench", "--workload", "nonsense"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("nonsense"), "{}", stderr(&bad));
 }

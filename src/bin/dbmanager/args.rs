@@ -38,11 +38,36 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Load the configured database with N tasks for a duration and report
+    /// throughput and latency percentiles.
+    Bench(BenchArgs),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// select1, pgbench-S (needs a `pgbench -i` dataset), insert, ping or find-by-id.
+    #[arg(long, default_value = "select1")]
+    pub workload: dbmanager::bench::Workload,
+    /// Concurrent tasks.
+    #[arg(long, default_value_t = 8)]
+    pub tasks: usize,
+    /// Connections in the pool (all opened before the run); default: the configuration's.
+    #[arg(long)]
+    pub pool_size: Option<usize>,
+    /// How long to measure ("10s", "1m").
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 //! with a non-zero exit code.
 
 mod args;
+mod bench_cmd;
 mod config_cmd;
 mod db_cmd;
 mod health_cmd;
@@ -43,6 +44,7 @@ async fn run(cli: Cli) -> dbmanager::Result<ExitCode> {
     match cli.command {
         Command::Wait(args) => wait_cmd::run(load(&loader)?, args).await,
         Command::Health => health_cmd::run(load(&loader)?).await,
+        Command::Bench(args) => bench_cmd::run(load(&loader)?, args).await,
         Command::Db { command } => db_cmd::run(load(&loader)?, command).await,
         Command::Migrate { command } => migrate_cmd::run(load(&loader)?, command).await,
         Command::Config {

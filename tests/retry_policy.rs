@@ -54,7 +54,38 @@ proptest! {
             prop_assert!(delay >= previous, "retry {} shrank: {:?} < {:?}", n, delay, previous);
             previous = delay;
         }
-        prop_assert_eq!(policy.delay_for(u32::MAX), policy.max_delay.max(policy.delay_for(0)).min(policy.max_delay));
+        // Growth stops at the exponent cap: later retries wait no longer.
+        prop_assert_eq!(policy.delay_for(u32::MAX), policy.delay_for(1024));
+        prop_assert!(policy.delay_for(u32::MAX) <= policy.max_delay);
+    }
+
+    #[test]
+    fn growing_delays_reach_max_delay(
+        initial_ms in 1u64..10_000,
+        multiplier in 1.5f64..10.0,
+        max_ms in 1u64..1_000_000,
+    ) {
+        let policy = RetryPolicy::exponential()
+            .initial_delay(Duration::from_millis(initial_ms))
+            .multiplier(multiplier)
+            .max_delay(Duration::from_millis(max_ms))
+            .jitter(Jitter::None);
+        prop_assert_eq!(policy.delay_for(u32::MAX), policy.max_delay);
+    }
+
+    #[test]
+    fn a_multiplier_of_one_keeps_every_delay_equal(
+        initial_ms in 1u64..10_000,
+        max_ms in 1u64..1_000_000,
+        retry_index in any::<u32>(),
+    ) {
+        let policy = RetryPolicy::exponential()
+            .initial_delay(Duration::from_millis(initial_ms))
+            .multiplier(1.0)
+            .max_delay(Duration::from_millis(max_ms))
+            .jitter(Jitter::None);
+        let constant = Duration::from_millis(initial_ms.min(max_ms));
+        prop_assert_eq!(policy.delay_for(retry_index), constant);
     }
 
     #[test]

@@ -92,20 +92,16 @@ impl Manager for PgManager {
             .await
             .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
-        let mut close = self.shared.close_all.subscribe();
+        let id = live.id();
         let task = tokio::spawn(async move {
             let _live = live;
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
-                    }
-                }
-                // Forced close at the end of a shutdown grace period: the
-                // socket is dropped under whoever still holds the client.
-                _ = close.wait_for(|closing| *closing) => {}
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
             }
         });
+        // A forced close at the end of a shutdown grace period aborts this
+        // task: the socket is dropped under whoever still holds the client.
+        self.shared.attach_task(id, task.abort_handle());
         let client = ClientWrapper::new(client, task);
         if let Some(hook) = &self.shared.hooks.on_connect {
             if let Err(e) = hook.call(&client).await {

@@ -383,17 +383,17 @@ impl PostgresPool {
             tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling and closing connections still in use");
             // Idle connections are closed already: what is left is in use.
             let tokens: Vec<_> = shared
-                .cancel_tokens
+                .live
                 .lock()
-                .expect("cancel tokens lock")
+                .expect("live connections lock")
                 .values()
-                .cloned()
+                .map(|entry| entry.cancel.clone())
                 .collect();
             let cancels = futures_util::future::join_all(
                 tokens.iter().map(|t| t.cancel_query(tokio_postgres::NoTls)),
             );
             let _ = tokio::time::timeout(Duration::from_secs(2), cancels).await;
-            shared.close_all.send_replace(true);
+            shared.abort_all();
         }
         // Wait (briefly) for the sockets to be closed, so the server sees the
         // sessions end before shutdown returns.

@@ -14,6 +14,7 @@
 //!
 //! The server comes from `DATABASE_URL` (else `PG_ADMIN_URL`);
 //! `scripts/bench` starts one and runs this grid among its comparisons.
+//! `POOL_BENCH_REVERSE=1` measures the pools in reverse order.
 
 mod contenders;
 
@@ -57,8 +58,26 @@ fn server_url() -> String {
         })
 }
 
+/// The pools in bench order; `POOL_BENCH_REVERSE=1` reverses it, so that
+/// alternating runs (scripts/bench) do not always measure the same pool
+/// first at each grid point.
+fn contender_order() -> Vec<&'static str> {
+    let mut names = NAMES.to_vec();
+    if std::env::var_os("POOL_BENCH_REVERSE").is_some_and(|v| v == "1") {
+        names.reverse();
+    }
+    names
+}
+
+/// The runtime the tasks run on: `POOL_BENCH_WORKERS` worker threads,
+/// default 2.
 fn runtime() -> Runtime {
+    let workers = std::env::var("POOL_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("a tokio runtime")
@@ -101,7 +120,7 @@ fn pools(c: &mut Criterion) {
         for (tasks, size) in GRID {
             let mut group = c.benchmark_group(format!("{}_t{tasks}_p{size}", operation.name()));
             group.throughput(Throughput::Elements(1));
-            for name in NAMES {
+            for name in contender_order() {
                 let contender = rt.block_on(Contender::open(name, &url, size));
                 group.bench_function(name, |b| {
                     b.iter_custom(|iterations| {

@@ -183,6 +183,7 @@ mod tests {
                 Some(Duration::from_nanos(800)),
             );
         }
+        record.flush();
         BenchReport {
             workload: Workload::PgbenchS,
             backend: Backend::Postgres,

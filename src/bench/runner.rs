@@ -64,7 +64,7 @@ pub(crate) async fn drive<S: Step>(
     let mut total = TaskRecord::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(record) => total.merge(&record),
+            Ok(record) => total.merge(record),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {}
         }
@@ -125,6 +125,7 @@ async fn task<S: Step>(
             started = finished;
         }
     }
+    record.flush();
     record
 }
 
@@ -166,6 +167,7 @@ mod tests {
         let record = drive(steps, Duration::from_millis(50), Duration::from_millis(300))
             .await
             .unwrap();
+        assert_eq!(record.latency.len(), record.operations);
         // 4 tasks × ~300 ms / ~2 ms: far more than one operation each, and
         // no more than the window allows.
         assert!(record.operations >= 40, "{}", record.operations);

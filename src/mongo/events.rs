@@ -59,7 +59,7 @@ impl PoolEvents {
             .expect("checked-out set lock")
             .remove(&(address, id));
         if let Some(since) = since {
-            metrics::released(Backend::Mongodb, since.elapsed());
+            metrics::released(Backend::Mongodb, since, Instant::now());
         }
         since.is_some()
     }
@@ -140,7 +140,12 @@ impl PoolEvents {
 pub(crate) fn handler(events: Arc<PoolEvents>, max_size: usize) -> EventHandler<CmapEvent> {
     EventHandler::callback(move |event| {
         events.handle(event);
+        // Computing the status takes a lock: only when there are gauges to
+        // set (the driver sends three events per operation).
+        #[cfg(feature = "metrics")]
         metrics::pool_gauges(Backend::Mongodb, &status(&events, max_size));
+        #[cfg(not(feature = "metrics"))]
+        let _ = max_size;
     })
 }
 

@@ -91,10 +91,9 @@ impl PooledConnection {
     /// time of return.
     fn finish(&mut self) -> Instant {
         let now = Instant::now();
-        let held = now.saturating_duration_since(self.checked_out_at);
-        metrics::released(Backend::Postgres, held);
+        metrics::released(Backend::Postgres, self.checked_out_at, now);
         if let Some(watch) = self.leak_watch.take() {
-            watch.finish(held);
+            watch.finish(now.saturating_duration_since(self.checked_out_at));
         }
         self.shared().checked_in();
         now

@@ -39,6 +39,8 @@ pub(crate) struct PgConnection {
     pub expires_at: Option<Instant>,
     /// When it was last returned to the pool (or opened).
     pub last_released: Instant,
+    /// When opening it began: a checkout that opened it waited from here.
+    pub opening_began: Instant,
     /// The pool's shared state, reached through the connection so that a
     /// checkout does not clone an `Arc` (two contended atomic operations).
     pub shared: Arc<Shared>,
@@ -91,20 +93,16 @@ impl Manager for PgManager {
             .await
             .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
-        let mut close = self.shared.close_all.subscribe();
+        let id = live.id();
         let task = tokio::spawn(async move {
             let _live = live;
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
-                    }
-                }
-                // Forced close at the end of a shutdown grace period: the
-                // socket is dropped under whoever still holds the client.
-                _ = close.wait_for(|closing| *closing) => {}
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
             }
         });
+        // A forced close at the end of a shutdown grace period aborts this
+        // task: the socket is dropped under whoever still holds the client.
+        self.shared.attach_task(id, task.abort_handle());
         let client = ClientWrapper::new(client, task);
         if let Some(hook) = &self.shared.hooks.on_connect {
             if let Err(e) = hook.call(&client).await {
@@ -121,54 +119,77 @@ impl Manager for PgManager {
             client,
             expires_at: self.expiry(started),
             last_released: now,
+            opening_began: started,
             shared: self.shared.clone(),
         }))
     }
 
-    /// Checks a connection on checkout. deadpool sets no timer around this
-    /// (the pool's recycle timeout is `None`): the checks that make a round
-    /// trip time themselves with `recycle_timeout`, so the common checkout,
-    /// which makes none, pays for no timer.
+    /// deadpool's check on checkout: only whether the socket is closed,
+    /// which costs nothing. The checks that need the time (max lifetime,
+    /// `recycling = "auto"`) run in [`check_out`] against deadpool's
+    /// checkout stamp, so a checkout reads no clock of its own; deadpool
+    /// sets no timer around this (the pool's recycle timeout is `None`).
     async fn recycle(&self, conn: &mut Box<PgConnection>, _: &Metrics) -> RecycleResult<Error> {
         if conn.client.is_closed() {
             self.shared.closed(CloseReason::Broken, 1);
             return Err(RecycleError::message("connection closed"));
         }
-        let now = Instant::now();
-        if conn.is_expired(now) {
-            self.shared.closed(CloseReason::Lifetime, 1);
-            return Err(RecycleError::message("connection reached max_lifetime"));
-        }
-        let settings = &self.shared.settings;
-        let query = match &settings.recycling {
-            RecyclingMethod::Fast => None,
-            RecyclingMethod::Auto => {
-                let idle = now.saturating_duration_since(conn.last_released);
-                (idle >= settings.verify_after_idle).then_some("")
-            }
-            RecyclingMethod::Verified => Some(""),
-            RecyclingMethod::Clean => Some(CLEAN_SQL),
-            RecyclingMethod::Custom(sql) => Some(sql.as_str()),
-        };
-        if let Some(sql) = query {
-            // Boxed: kept out of the checkout future, which every checkout
-            // moves, when no check runs.
-            let check = Box::pin(conn.client.simple_query(sql));
-            match tokio::time::timeout(settings.recycle_timeout, check).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
-                    self.shared.closed(CloseReason::Broken, 1);
-                    return Err(RecycleError::message("connection failed its check"));
-                }
-                Err(_) => {
-                    tracing::info!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
-                    self.shared.closed(CloseReason::Broken, 1);
-                    return Err(RecycleError::message("connection check timed out"));
-                }
-            }
-        }
         Ok(())
+    }
+}
+
+/// What [`check_out`] decided about a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Hand it out; `verified` when a round trip proved it.
+    Usable { verified: bool },
+    /// Close it (counted) and take another.
+    Discard,
+}
+
+/// The checks on a pooled connection that is being handed out again, at
+/// `at` (deadpool's checkout stamp): past its max lifetime it is closed;
+/// otherwise `recycling` decides whether a round trip (timed by
+/// `recycle_timeout`) proves it first. A connection opened by this checkout
+/// is not checked.
+pub(crate) async fn check_out(conn: &mut PgConnection, reused: bool, at: Instant) -> Checked {
+    if !reused {
+        return Checked::Usable { verified: false };
+    }
+    let shared = &conn.shared;
+    if conn.is_expired(at) {
+        shared.closed(CloseReason::Lifetime, 1);
+        return Checked::Discard;
+    }
+    let settings = &shared.settings;
+    let query = match &settings.recycling {
+        RecyclingMethod::Fast => None,
+        RecyclingMethod::Auto => {
+            let idle = at.saturating_duration_since(conn.last_released);
+            (idle >= settings.verify_after_idle).then_some("")
+        }
+        RecyclingMethod::Verified => Some(""),
+        RecyclingMethod::Clean => Some(CLEAN_SQL),
+        RecyclingMethod::Custom(sql) => Some(sql.as_str()),
+    };
+    let Some(sql) = query else {
+        return Checked::Usable { verified: false };
+    };
+    // Boxed: kept out of the checkout future, which every checkout moves,
+    // when no check runs.
+    let check = Box::pin(conn.client.simple_query(sql));
+    match tokio::time::timeout(settings.recycle_timeout, check).await {
+        Ok(Ok(_)) => Checked::Usable { verified: true },
+        Ok(Err(e)) => {
+            tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
+            shared.closed(CloseReason::Broken, 1);
+            Checked::Discard
+        }
+        Err(_) => {
+            tracing::info!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+            shared.closed(CloseReason::Broken, 1);
+            Checked::Discard
+        }
     }
 }
 

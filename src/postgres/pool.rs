@@ -14,7 +14,7 @@ use super::connect::{create_timeout, driver_config};
 use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
-use super::manager::PgManager;
+use super::manager::{Checked, PgManager, check_out};
 use super::shared::Shared;
 use crate::config::{PostgresConfig, QueueMode, url::ConnectionString};
 use crate::error::{Backend, Error, Result};
@@ -174,18 +174,39 @@ impl PostgresPool {
                 backend: Backend::Postgres,
             });
         }
-        let started = Instant::now();
         let wait = wait.unwrap_or(shared.settings.wait_timeout);
+        // When this acquire began, read only once something can take time
+        // (queueing, a round-trip check, a hook, a retry): a checkout that
+        // finds a free, healthy connection reads no clock of its own, and
+        // deadpool stamps the checkout itself. The instants before the first
+        // reading are a few hundred nanoseconds of in-memory work.
+        let mut started: Option<Instant> = None;
         let mut rejected_by_hook = 0usize;
         let (object, checked_out_at) = loop {
-            let object = self.checkout(started, wait).await?;
+            let mut object = self.checkout(&mut started, wait).await?;
+            let metrics = Object::metrics(&object);
+            let reused = metrics.recycle_count > 0;
+            let mut at = metrics.recycled.unwrap_or(metrics.created);
+            if !reused && started.is_none() {
+                // Opened by this checkout: it waited for the connect.
+                started = Some(object.opening_began);
+            }
+            let verified = match check_out(&mut object, reused, at).await {
+                Checked::Usable { verified } => verified,
+                Checked::Discard => {
+                    started.get_or_insert(at);
+                    drop(Object::take(object));
+                    continue;
+                }
+            };
+            if verified {
+                started.get_or_insert(at);
+                at = Instant::now();
+            }
             let Some(hook) = &shared.hooks.on_checkout else {
-                // deadpool stamps every checkout, after the check (or the
-                // connect): no clock reading of our own is needed.
-                let metrics = Object::metrics(&object);
-                let at = metrics.recycled.unwrap_or(metrics.created);
                 break (object, at);
             };
+            let began = *started.get_or_insert(at);
             match hook.call(&object.client).await {
                 Ok(()) => break (object, Instant::now()),
                 Err(e) => {
@@ -193,7 +214,7 @@ impl PostgresPool {
                     tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkout hook failed; discarding the connection and trying another");
                     shared.closed(CloseReason::Hook, 1);
                     drop(Object::take(object));
-                    if rejected_by_hook > shared.settings.max_size || started.elapsed() >= wait {
+                    if rejected_by_hook > shared.settings.max_size || began.elapsed() >= wait {
                         return Err(Error::Hook {
                             hook: "on_checkout",
                             reason: crate::config::scrub(&e.to_string(), &shared.secrets),
@@ -211,7 +232,9 @@ impl PostgresPool {
                 backend: Backend::Postgres,
             });
         }
-        let waited = checked_out_at.saturating_duration_since(started);
+        let waited = started.map_or(Duration::ZERO, |s| {
+            checked_out_at.saturating_duration_since(s)
+        });
         metrics::acquired(Backend::Postgres, waited);
         if shared
             .settings
@@ -231,9 +254,14 @@ impl PostgresPool {
 
     /// One deadpool checkout: first without queueing, which sets no timer
     /// (the common case: a connection is free), then queued for what is
-    /// left of `wait`. The semaphore is fair, so the first try never takes
-    /// a connection ahead of callers already queued.
-    async fn checkout(&self, started: Instant, wait: Duration) -> Result<Object<PgManager>> {
+    /// left of `wait` since `started` (read here if it was not yet). The
+    /// semaphore is fair, so the first try never takes a connection ahead
+    /// of callers already queued.
+    async fn checkout(
+        &self,
+        started: &mut Option<Instant>,
+        wait: Duration,
+    ) -> Result<Object<PgManager>> {
         let configured = self.pool.timeouts();
         let free_now = Timeouts {
             wait: Some(Duration::ZERO),
@@ -241,16 +269,25 @@ impl PostgresPool {
         };
         match self.pool.timeout_get(&free_now).await {
             Err(PoolError::Timeout(TimeoutType::Wait)) => {}
-            result => return result.map_err(|e| self.pool_error(e, started)),
+            Ok(object) => return Ok(object),
+            Err(e) => return Err(self.pool_error(e, *started.get_or_insert_with(Instant::now))),
         }
+        let remaining = match *started {
+            Some(began) => wait.saturating_sub(began.elapsed()),
+            None => {
+                *started = Some(Instant::now());
+                wait
+            }
+        };
         let queued = Timeouts {
-            wait: Some(wait.saturating_sub(started.elapsed())),
+            wait: Some(remaining),
             ..configured
         };
+        let began = started.expect("set above");
         self.pool
             .timeout_get(&queued)
             .await
-            .map_err(|e| self.pool_error(e, started))
+            .map_err(|e| self.pool_error(e, began))
     }
 
     fn pool_error(&self, error: PoolError<Error>, started: Instant) -> Error {
@@ -391,17 +428,17 @@ impl PostgresPool {
             tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling and closing connections still in use");
             // Idle connections are closed already: what is left is in use.
             let tokens: Vec<_> = shared
-                .cancel_tokens
+                .live
                 .lock()
-                .expect("cancel tokens lock")
+                .expect("live connections lock")
                 .values()
-                .cloned()
+                .map(|entry| entry.cancel.clone())
                 .collect();
             let cancels = futures_util::future::join_all(
                 tokens.iter().map(|t| t.cancel_query(shared.tls.clone())),
             );
             let _ = tokio::time::timeout(Duration::from_secs(2), cancels).await;
-            shared.close_all.send_replace(true);
+            shared.abort_all();
         }
         // Wait (briefly) for the sockets to be closed, so the server sees the
         // sessions end before shutdown returns.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio_postgres::CancelToken;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use super::connect::Connector;
 use super::hooks::Hooks;
@@ -50,13 +51,17 @@ pub(crate) struct Shared {
     pub live_connections: AtomicUsize,
     /// Notified when a connection task ends.
     pub connection_ended: Notify,
-    /// Flipped to `true` to end every connection task at once (forced close
-    /// after the grace period).
-    pub close_all: watch::Sender<bool>,
-    /// Cancel tokens of the open connections, so a forced close can stop
+    /// Set when a forced close (after the grace period) began: a connection
+    /// task registered after it is ended at once.
+    pub closing: AtomicBool,
+    /// The open connections: their cancel tokens, so a forced close can stop
     /// their queries on the server too (a backend busy in a query does not
-    /// notice its client is gone).
-    pub cancel_tokens: Mutex<HashMap<u64, CancelToken>>,
+    /// notice its client is gone), and their tasks, so it can end them
+    /// (which drops the socket under whoever still holds the client).
+    /// Aborting the task, rather than having it also wait for a close
+    /// signal, keeps every wake-up of a busy connection task free of a
+    /// second future to poll.
+    pub live: Mutex<HashMap<u64, LiveEntry>>,
     /// The TLS connector, also needed to send cancel requests.
     pub tls: Connector,
     next_connection_id: AtomicU64,
@@ -83,8 +88,8 @@ impl Shared {
             returned: Notify::new(),
             live_connections: AtomicUsize::new(0),
             connection_ended: Notify::new(),
-            close_all: watch::Sender::new(false),
-            cancel_tokens: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            live: Mutex::new(HashMap::new()),
             tls,
             next_connection_id: AtomicU64::new(0),
             counters: Counters::default(),
@@ -126,8 +131,15 @@ impl Shared {
     }
 }
 
-/// Counts a connection task as alive, and keeps its cancel token, for as
-/// long as it exists.
+/// What a forced close needs of one open connection.
+pub(crate) struct LiveEntry {
+    pub cancel: CancelToken,
+    /// Set once the connection task is spawned.
+    pub task: Option<AbortHandle>,
+}
+
+/// Counts a connection task as alive, and keeps its cancel token and task
+/// handle, for as long as it exists.
 pub(crate) struct LiveConnection {
     shared: std::sync::Arc<Shared>,
     id: u64,
@@ -137,21 +149,47 @@ impl LiveConnection {
     pub fn new(shared: std::sync::Arc<Shared>, cancel: CancelToken) -> Self {
         let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         shared
-            .cancel_tokens
+            .live
             .lock()
-            .expect("cancel tokens lock")
-            .insert(id, cancel);
+            .expect("live connections lock")
+            .insert(id, LiveEntry { cancel, task: None });
         shared.live_connections.fetch_add(1, Ordering::AcqRel);
         LiveConnection { shared, id }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Shared {
+    /// Records the task of live connection `id`, ending it at once when a
+    /// forced close has already begun.
+    pub fn attach_task(&self, id: u64, task: AbortHandle) {
+        let mut live = self.live.lock().expect("live connections lock");
+        if self.closing.load(Ordering::Acquire) {
+            task.abort();
+        } else if let Some(entry) = live.get_mut(&id) {
+            entry.task = Some(task);
+        }
+    }
+
+    /// Ends every connection task (forced close).
+    pub fn abort_all(&self) {
+        let live = self.live.lock().expect("live connections lock");
+        self.closing.store(true, Ordering::Release);
+        for task in live.values().filter_map(|entry| entry.task.as_ref()) {
+            task.abort();
+        }
     }
 }
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.shared
-            .cancel_tokens
+            .live
             .lock()
-            .expect("cancel tokens lock")
+            .expect("live connections lock")
             .remove(&self.id);
         self.shared.live_connections.fetch_sub(1, Ordering::AcqRel);
         self.shared.connection_ended.notify_waiters();

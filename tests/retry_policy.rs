@@ -28,6 +28,14 @@ fn any_policy() -> impl Strategy<Value = RetryPolicy> {
         })
 }
 
+fn without_jitter(initial_ms: u64, multiplier: f64, max_ms: u64) -> RetryPolicy {
+    RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(initial_ms))
+        .multiplier(multiplier)
+        .max_delay(Duration::from_millis(max_ms))
+        .jitter(Jitter::None)
+}
+
 proptest! {
     #[test]
     fn delays_never_exceed_max_delay_and_never_panic(policy in any_policy(), retry_index in any::<u32>()) {
@@ -43,11 +51,7 @@ proptest! {
         multiplier in 1.0f64..10.0,
         max_ms in 1u64..1_000_000,
     ) {
-        let policy = RetryPolicy::exponential()
-            .initial_delay(Duration::from_millis(initial_ms))
-            .multiplier(multiplier)
-            .max_delay(Duration::from_millis(max_ms))
-            .jitter(Jitter::None);
+        let policy = without_jitter(initial_ms, multiplier, max_ms);
         let mut previous = Duration::ZERO;
         for n in 0..200 {
             let delay = policy.delay_for(n);
@@ -65,11 +69,7 @@ proptest! {
         multiplier in 1.5f64..10.0,
         max_ms in 1u64..1_000_000,
     ) {
-        let policy = RetryPolicy::exponential()
-            .initial_delay(Duration::from_millis(initial_ms))
-            .multiplier(multiplier)
-            .max_delay(Duration::from_millis(max_ms))
-            .jitter(Jitter::None);
+        let policy = without_jitter(initial_ms, multiplier, max_ms);
         prop_assert_eq!(policy.delay_for(u32::MAX), policy.max_delay);
     }
 
@@ -79,11 +79,7 @@ proptest! {
         max_ms in 1u64..1_000_000,
         retry_index in any::<u32>(),
     ) {
-        let policy = RetryPolicy::exponential()
-            .initial_delay(Duration::from_millis(initial_ms))
-            .multiplier(1.0)
-            .max_delay(Duration::from_millis(max_ms))
-            .jitter(Jitter::None);
+        let policy = without_jitter(initial_ms, 1.0, max_ms);
         let constant = Duration::from_millis(initial_ms.min(max_ms));
         prop_assert_eq!(policy.delay_for(retry_index), constant);
     }

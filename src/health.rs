@@ -96,7 +96,7 @@ impl ComponentHealth {
 
 /// The health of every configured database.
 ///
-/// Serializes to the stable JSON documented in the README:
+/// Serializes to the stable JSON documented in `docs/operations.md`:
 /// `{"status": "up", "components": {"postgres": {...}, "mongodb": {...}}}`.
 /// A database that is not configured is absent, not `down`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

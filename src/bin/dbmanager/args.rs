@@ -14,7 +14,7 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// More logging on stderr (-v info, -vv debug). DBMANAGER_LOG overrides.
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

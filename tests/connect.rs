@@ -244,3 +244,48 @@ async fn build_lazy_opens_nothing_until_first_use() {
     drop(client);
     manager.shutdown().await.unwrap();
 }
+
+/// A Unix-socket host has no TLS server name. With TLS compiled in (the
+/// default feature) and the default `sslmode=prefer`, the connection must
+/// still open: the server declines TLS on a socket, so no name is needed.
+#[tokio::test]
+async fn a_unix_socket_host_connects_with_tls_compiled_in() {
+    use dbmanager::tokio_postgres;
+
+    let db = TestDb::create("socket").await;
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let directories: String = client
+        .query_one("SHOW unix_socket_directories", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let directory = directories.split(',').next().unwrap().trim().to_string();
+    let parsed: tokio_postgres::Config = db.url.parse().unwrap();
+    let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let socket_url = format!(
+        "host={} port={} user={} password={} dbname={}",
+        quote(&directory),
+        parsed.get_ports()[0],
+        quote(parsed.get_user().unwrap()),
+        quote(std::str::from_utf8(parsed.get_password().unwrap()).unwrap()),
+        quote(parsed.get_dbname().unwrap()),
+    );
+
+    let manager = DatabaseManager::builder()
+        .config(pg_config(&socket_url))
+        .build()
+        .await
+        .unwrap();
+    let conn = manager.postgres().unwrap().get().await.unwrap();
+    let over_socket: bool = conn
+        .query_one("SELECT inet_client_addr() IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(over_socket, "the connection did not use the Unix socket");
+    drop(conn);
+    manager.shutdown().await.unwrap();
+}

@@ -227,12 +227,17 @@ impl MakeTlsConnect<Socket> for PgTls {
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<PgTlsConnect> {
+        // tokio-postgres asks for a connector before every connection, also
+        // over a Unix socket or to a bare `hostaddr`, where the name is
+        // empty and TLS is never negotiated (the server declines it on a
+        // socket). So a name that is no TLS server name fails the handshake,
+        // not the connection.
         let name = ServerName::try_from(domain.to_string()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("`{domain}` is not a TLS server name: {e}"),
             )
-        })?;
+        });
         Ok(PgTlsConnect {
             connector: tokio_rustls::TlsConnector::from(self.config.clone()),
             name,
@@ -243,7 +248,7 @@ impl MakeTlsConnect<Socket> for PgTls {
 /// One connection's TLS handshake.
 pub(crate) struct PgTlsConnect {
     connector: tokio_rustls::TlsConnector,
-    name: ServerName<'static>,
+    name: io::Result<ServerName<'static>>,
 }
 
 impl TlsConnect<Socket> for PgTlsConnect {
@@ -253,7 +258,7 @@ impl TlsConnect<Socket> for PgTlsConnect {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let stream = self.connector.connect(self.name, stream).await?;
+            let stream = self.connector.connect(self.name?, stream).await?;
             Ok(PgTlsStream(Box::new(stream)))
         })
     }

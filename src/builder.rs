@@ -147,11 +147,11 @@ impl DatabaseManagerBuilder {
         let (manager, policy) = assemble(settled, Phase::Connecting, mongo)?;
         match connect(&manager, &policy).await {
             Ok(()) => {
-                manager.set_phase(Phase::Ready);
+                manager.finish_connecting(Phase::Ready);
                 Ok(manager)
             }
             Err(e) => {
-                manager.set_phase(Phase::Failed);
+                manager.finish_connecting(Phase::Failed);
                 // Nothing else holds the pools: closing now frees the
                 // connections that did open.
                 let _ = manager.shutdown().await;
@@ -190,7 +190,7 @@ impl DatabaseManagerBuilder {
         let background = manager.clone();
         let task = tokio::spawn(async move {
             match connect(&background, &policy).await {
-                Ok(()) => background.set_phase(Phase::Ready),
+                Ok(()) => background.finish_connecting(Phase::Ready),
                 Err(e) => {
                     tracing::error!(target: "dbmanager", error = %e, "start-up connect failed");
                     *background
@@ -198,7 +198,7 @@ impl DatabaseManagerBuilder {
                         .startup_failure
                         .lock()
                         .expect("startup failure lock") = Some(e.to_string());
-                    background.set_phase(Phase::Failed);
+                    background.finish_connecting(Phase::Failed);
                 }
             }
         });
@@ -357,8 +357,9 @@ async fn connect(manager: &DatabaseManager, policy: &RetryPolicy) -> Result<()> 
     };
     #[cfg(not(feature = "mongodb"))]
     let mongo = async { Ok::<_, Error>(()) };
-    let (postgres, mongo) = tokio::join!(postgres, mongo);
-    postgres.and(mongo)
+    // The first permanent failure ends the start-up at once; the other
+    // database's connect (perhaps still retrying) is dropped with it.
+    tokio::try_join!(postgres, mongo).map(|_| ())
 }
 
 /// Runs one connect attempt under the policy; returns how many attempts it

@@ -171,6 +171,19 @@ impl DatabaseManager {
         self.inner.phase.send_replace(phase);
     }
 
+    /// Ends the start-up connect with `phase` (`Ready` or `Failed`), unless
+    /// a shutdown already moved the manager on: a connect finishing while
+    /// `shutdown()` drains must not make it ready (or dead) again.
+    pub(crate) fn finish_connecting(&self, phase: Phase) {
+        self.inner.phase.send_if_modified(|current| {
+            let connecting = *current == Phase::Connecting;
+            if connecting {
+                *current = phase;
+            }
+            connecting
+        });
+    }
+
     /// Liveness: whether the process should keep running. It never touches
     /// a database, so an outage does not get a healthy process restarted;
     /// it is false only when the background connect failed for good (a

@@ -159,6 +159,49 @@ async fn unknown_database_fails_before_the_first_retry_delay() {
     println!("unknown database failed in {took:?} (first retry delay {first_delay:?})");
 }
 
+/// A permanent failure of one database ends `build()` at once, even while
+/// the other is still retrying: here MongoDB listens nowhere and each of its
+/// attempts would wait out a long server selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_of_one_database_does_not_wait_for_the_other() {
+    let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let selection = Duration::from_secs(20);
+    let mut config = pg_config(&missing);
+    config.retry = slow_retry(Duration::from_secs(2));
+    config.mongodb.url = Some(dbmanager::DatabaseUrl::new(format!(
+        "mongodb://127.0.0.1:{closed_port}/?serverSelectionTimeoutMS=20000"
+    )));
+    config.mongodb.server_selection_timeout = selection;
+
+    let started = Instant::now();
+    let err = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+
+    assert!(
+        matches!(
+            &err,
+            Error::Connect {
+                kind: FailureKind::UnknownDatabase,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        took < selection,
+        "build() took {took:?}: it waited for MongoDB's {selection:?} server selection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_retries_until_a_late_server_starts() {
     let cluster = Arc::new(PgCluster::init("late-server-pw"));

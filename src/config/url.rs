@@ -272,7 +272,9 @@ fn parse_url(scheme: &str, rest: &str) -> Result<UrlParts, String> {
             .filter(|p| !p.is_empty())
             .map(|pair| match pair.split_once('=') {
                 Some((k, v)) => Ok((k.to_string(), v.to_string())),
-                None => Err(format!("has a query parameter without a value (`{pair}`)")),
+                // Not quoted: with an unencoded `?` in the password, the
+                // "parameter" is the rest of the password.
+                None => Err("has a query parameter without `=` (a `?` or `&` in the password must be percent-encoded)".to_string()),
             })
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
@@ -285,6 +287,51 @@ fn parse_url(scheme: &str, rest: &str) -> Result<UrlParts, String> {
         path: path.map(str::to_string),
         query,
     })
+}
+
+/// Connection parameters whose names may be quoted in an error: anything
+/// else in the key position could be a piece of a value.
+const KNOWN_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "tcp_user_timeout",
+];
+
+fn known_key(key: &str) -> String {
+    if KNOWN_KEYS.contains(&key) {
+        format!(" for `{key}`")
+    } else {
+        String::new()
+    }
+}
+
+fn after_key(previous: Option<&(String, String)>) -> String {
+    match previous {
+        Some((key, _)) if KNOWN_KEYS.contains(&key.as_str()) => {
+            format!(" after the value of `{key}`")
+        }
+        Some(_) => String::new(),
+        None => " at its start".into(),
+    }
 }
 
 fn parse_key_value(input: &str) -> Result<Vec<(String, String)>, String> {
@@ -309,7 +356,12 @@ fn parse_key_value(input: &str) -> Result<Vec<(String, String)>, String> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(format!("has a key without `=` (`{key}`)"));
+            // The word is not quoted: it is most likely the rest of an
+            // unquoted value with a space in it, such as a password.
+            return Err(format!(
+                "has a word without `=`{} (quote values that contain spaces: password='...')",
+                after_key(pairs.last())
+            ));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -329,7 +381,10 @@ fn parse_key_value(input: &str) -> Result<Vec<(String, String)>, String> {
                 }
             }
             if !closed {
-                return Err(format!("has an unterminated quoted value for `{key}`"));
+                return Err(format!(
+                    "has an unterminated quoted value{}",
+                    known_key(&key)
+                ));
             }
         } else {
             while let Some(&c) = chars.peek() {
@@ -411,6 +466,24 @@ mod tests {
         let err = ConnectionString::parse("postgres://app:hunter2@db:99999/app").unwrap_err();
         assert!(!err.contains("hunter2"));
         assert!(err.contains("port"));
+    }
+
+    #[test]
+    fn malformed_strings_are_errors_that_do_not_quote_a_password() {
+        for (input, secret) in [
+            (
+                "host=db user=app password=correct horse dbname=app",
+                "horse",
+            ),
+            ("host=db password='correct horse dbname=app", "correct"),
+            ("host=db password=x horse='battery", "horse"),
+            ("postgres://app:pa?ss@db/app", "ss@db"),
+        ] {
+            let err = ConnectionString::parse(input).unwrap_err();
+            assert!(!err.contains(secret), "{input}: {err}");
+        }
+        let err = ConnectionString::parse("host=db password=correct horse").unwrap_err();
+        assert!(err.contains("after the value of `password`"), "{err}");
     }
 
     #[test]

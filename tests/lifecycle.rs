@@ -4,11 +4,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dbmanager::{Config, DatabaseManager};
+use dbmanager::{Config, DatabaseManager, Error};
 use support::{TestDb, admin_url, eventually, pg_config, sessions, sql};
 
 fn lifecycle_config(url: &str) -> Config {
@@ -414,5 +414,49 @@ async fn a_slow_acquire_logs_a_warning_with_the_pool_status() {
         warning.contains("max_size 1, open 1"),
         "the pool status is in the warning: {warning}"
     );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_hook_that_hangs_is_bounded_by_the_wait_timeout() {
+    let db = TestDb::create("hanghook").await;
+    let mut config = lifecycle_config(&db.url);
+    config.postgres.pool.wait_timeout = Duration::from_millis(300);
+    let hang = Arc::new(AtomicBool::new(false));
+    let hanging = hang.clone();
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .on_checkout(move |_| {
+            let hanging = hanging.clone();
+            Box::pin(async move {
+                if hanging.load(Ordering::Acquire) {
+                    // A hook stuck on a dead network path.
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+        })
+        .build()
+        .await
+        .unwrap();
+    hang.store(true, Ordering::Release);
+    let pool = manager.postgres().unwrap();
+    let err = pool.get().await.unwrap_err();
+    match &err {
+        Error::Hook { hook, reason } => {
+            assert_eq!(*hook, "on_checkout");
+            assert!(reason.contains("wait timeout"), "{reason}");
+        }
+        other => panic!("expected a hook error, got {other:?}"),
+    }
+    assert_eq!(
+        pool.stats().closed_hook,
+        1,
+        "the connection left mid-hook is closed"
+    );
+    hang.store(false, Ordering::Release);
+    pool.get()
+        .await
+        .expect("the pool still serves once the hook behaves");
     manager.shutdown().await.unwrap();
 }

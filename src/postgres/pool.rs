@@ -194,8 +194,15 @@ impl PostgresPool {
             let verified = match check_out(&mut object, reused, at).await {
                 Checked::Usable { verified } => verified,
                 Checked::Discard => {
-                    started.get_or_insert(at);
+                    let began = *started.get_or_insert(at);
                     drop(Object::take(object));
+                    // Each discarded connection may have cost a check of up
+                    // to `recycle_timeout`; the caller's budget is `wait`
+                    // for all of them together (a black-holed network can
+                    // leave every idle connection looking open).
+                    if began.elapsed() >= wait {
+                        return Err(self.pool_error(PoolError::Timeout(TimeoutType::Wait), began));
+                    }
                     continue;
                 }
             };
@@ -207,7 +214,20 @@ impl PostgresPool {
                 break (object, at);
             };
             let began = *started.get_or_insert(at);
-            match hook.call(&object.client).await {
+            let budget = wait.saturating_sub(began.elapsed());
+            let outcome = match tokio::time::timeout(budget, hook.call(&object.client)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The connection is in an unknown state mid-hook.
+                    shared.closed(CloseReason::Hook, 1);
+                    drop(Object::take(object));
+                    return Err(Error::Hook {
+                        hook: "on_checkout",
+                        reason: format!("did not finish within the wait timeout ({wait:?})"),
+                    });
+                }
+            };
+            match outcome {
                 Ok(()) => break (object, Instant::now()),
                 Err(e) => {
                     rejected_by_hook += 1;

@@ -460,3 +460,57 @@ async fn a_checkout_hook_that_hangs_is_bounded_by_the_wait_timeout() {
         .expect("the pool still serves once the hook behaves");
     manager.shutdown().await.unwrap();
 }
+
+/// The top-up to `min_idle` must not keep the idle connections from callers
+/// while its new connections are still connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_stay_available_while_the_top_up_connects() {
+    let db = TestDb::create("topup").await;
+    let parsed: dbmanager::tokio_postgres::Config = db.url.parse().unwrap();
+    let upstream = format!("127.0.0.1:{}", parsed.get_ports()[0])
+        .parse()
+        .unwrap();
+    let proxy = support::SlowProxy::start(upstream).await;
+    let host = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+    let via_proxy = db
+        .url
+        .replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut config = lifecycle_config(&via_proxy);
+    config.postgres.pool.min_idle = 2;
+    config.postgres.pool.connect_timeout = Duration::from_secs(30);
+    config.postgres.pool.wait_timeout = Duration::from_secs(30);
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    let pid_of = async |client: &dbmanager::PooledConnection| -> i32 {
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let (first, second) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    let warm: HashSet<i32> = [pid_of(&first).await, pid_of(&second).await].into();
+    drop(second);
+
+    // From now on a new connection takes 20 s to reach the server. With one
+    // connection held, the maintenance task starts opening another.
+    let before = proxy.accepted();
+    proxy.set_delay(Duration::from_secs(20));
+    assert!(
+        eventually(Duration::from_secs(10), async || proxy.accepted() > before).await,
+        "the top-up did not start: {}",
+        pool.status()
+    );
+    let during = pool.get().await.unwrap();
+    assert!(
+        warm.contains(&pid_of(&during).await),
+        "a caller had to wait for a new connection while an idle one existed"
+    );
+    drop((first, during));
+    proxy.set_delay(Duration::ZERO);
+    drop(manager.shutdown().await);
+}

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, Pool, Timeouts, WeakPool};
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 
@@ -60,8 +62,12 @@ pub(crate) fn reap(pool: &Pool<PgManager>, shared: &Shared) {
 }
 
 /// Opens connections, all at once, until `target` are idle (or the pool is
-/// full). Returns how many were opened. Callers are never queued behind
-/// this: it only takes connections that are free right now.
+/// full). Returns how many were opened.
+///
+/// deadpool opens a connection only for a checkout that finds none idle, so
+/// the idle ones are taken first; they go back as soon as every new
+/// checkout has started its connect, not after the connects finish, so
+/// callers are kept from them for no I/O at all.
 pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize) -> usize {
     let status = pool.status();
     let in_use = shared.checked_out.load(Ordering::Acquire);
@@ -76,9 +82,25 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
         wait: Some(Duration::ZERO),
         ..base
     };
-    // Taking the idle ones too makes the pool open `missing` new ones; they
-    // all go back together at the end.
-    let results = join_all((0..idle + missing).map(|_| pool.timeout_get(&timeouts))).await;
+    // An idle connection is handed over at the first poll (its check is
+    // `is_closed()`, no I/O); one that is not ready then is left alone.
+    let mut held = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        match pool.timeout_get(&timeouts).now_or_never() {
+            Some(Ok(object)) => held.push(object),
+            _ => break,
+        }
+    }
+    let mut opening = std::pin::pin!(join_all((0..missing).map(|_| pool.timeout_get(&timeouts))));
+    // One poll takes each checkout past its permit and the empty idle list
+    // into its connect.
+    std::future::poll_fn(|cx| {
+        let _ = opening.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    drop(held);
+    let results = opening.await;
     let mut opened = 0;
     let mut failed = None;
     let mut objects: Vec<Object<PgManager>> = Vec::with_capacity(results.len());

@@ -143,3 +143,45 @@ async fn every_sslmode_behaves_as_in_libpq() {
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+/// A connection cut during the TLS handshake (a server restarting, a proxy
+/// dropping it) is retried like any other cut connection; only a refused
+/// certificate or a server without TLS fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_during_the_handshake_is_retried() {
+    // Agrees to TLS, then hangs up: what a server going down mid-handshake
+    // looks like to the client.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut ssl_request = [0u8; 8];
+            if socket.read_exact(&mut ssl_request).await.is_ok() {
+                let _ = socket.write_all(b"S").await;
+            }
+            drop(socket);
+        }
+    });
+    let mut config = pg_config(&format!(
+        "postgres://app:secret@127.0.0.1:{port}/app?sslmode=require"
+    ));
+    config.retry = RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(10))
+        .max_attempts(3)
+        .jitter(Jitter::None);
+    let err = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Connect { kind, attempts, .. } => {
+            assert_eq!(*kind, FailureKind::Reset, "{err}");
+            assert_eq!(*attempts, 3, "{err}");
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    assert!(err.is_transient());
+    server.abort();
+}

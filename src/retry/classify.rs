@@ -87,7 +87,18 @@ pub(crate) fn classify_postgres(error: &tokio_postgres::Error) -> FailureKind {
     // the I/O check: a failed handshake (untrusted certificate) arrives as
     // an I/O error inside the TLS one, and must not be retried.
     if error.to_string().contains("TLS") {
-        return FailureKind::Tls;
+        // A connection cut during the handshake (a restarting server, a
+        // proxy) is transient like any other; a refused certificate or a
+        // server without TLS is not.
+        return match io_in_chain(error).map(classify_io) {
+            Some(
+                kind @ (FailureKind::Reset
+                | FailureKind::Refused
+                | FailureKind::Timeout
+                | FailureKind::Unavailable),
+            ) => kind,
+            _ => FailureKind::Tls,
+        };
     }
     if let Some(io) = io_in_chain(error) {
         return classify_io(io);
@@ -104,6 +115,11 @@ pub(crate) fn classify_mongo(error: &mongodb::error::Error) -> FailureKind {
     use mongodb::error::ErrorKind as K;
     match error.kind.as_ref() {
         K::Authentication { .. } => FailureKind::Authentication,
+        // The selection error carries the monitor's last error in its
+        // message: a certificate the driver refused will not fix itself.
+        K::ServerSelection { message, .. } if message.to_lowercase().contains("certificate") => {
+            FailureKind::Tls
+        }
         K::ServerSelection { .. } => FailureKind::Timeout,
         K::Io(io) => classify_io(io),
         K::DnsResolve { .. } => FailureKind::Io,

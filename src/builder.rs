@@ -163,9 +163,15 @@ impl DatabaseManagerBuilder {
     /// Builds without opening any connection; the first use connects.
     /// Readiness follows the probes from the start.
     ///
+    /// The PostgreSQL maintenance task starts too: from its first round
+    /// (`maintenance_interval` later) it keeps `min_idle` connections open,
+    /// so set `postgres.pool.min_idle = 0` for a pool that opens connections
+    /// only when they are asked for. Must be called within a Tokio runtime.
+    ///
     /// # Errors
     ///
-    /// [`Error::Config`] for invalid settings.
+    /// [`Error::Config`] for invalid settings, and for a `mongodb+srv` URL,
+    /// whose DNS lookup only the eager [`build`](Self::build) makes.
     pub fn build_lazy(self) -> Result<DatabaseManager> {
         let (manager, _) = assemble(self.settle()?, Phase::Ready, None)?;
         #[cfg(feature = "postgres")]
@@ -184,7 +190,8 @@ impl DatabaseManagerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for invalid settings.
+    /// [`Error::Config`] for invalid settings, and for a `mongodb+srv` URL,
+    /// whose DNS lookup only the eager [`build`](Self::build) makes.
     pub fn build_in_background(self) -> Result<DatabaseManager> {
         let (manager, policy) = assemble(self.settle()?, Phase::Connecting, None)?;
         let background = manager.clone();

@@ -302,6 +302,13 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
     let refused = dbmanager(&env, &["db", "drop"]);
     let line = assert_one_line_failure(&refused);
     assert!(line.contains("--force"), "{line}");
+    // The check is on the database that would be dropped, not on whatever
+    // ends the URL.
+    let decoy = format!("{}?application_name=/srv/test_decoy", guard.url);
+    let refused = dbmanager(&[("DATABASE_URL", decoy.as_str())], &["db", "drop"]);
+    let line = assert_one_line_failure(&refused);
+    assert!(line.contains(&format!("`{}`", guard.name)), "{line}");
+    assert!(support::database_exists(&guard.name).await);
     let dropped = dbmanager(&env, &["db", "drop", "--force"]);
     assert!(dropped.status.success(), "{}", stderr(&dropped));
     assert!(!support::database_exists(&guard.name).await);

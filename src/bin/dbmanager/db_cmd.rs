@@ -42,18 +42,22 @@ fn target_config(config: &Config, target: &DbTarget) -> dbmanager::Result<Config
     Ok(config)
 }
 
+/// The database `drop` and `reset` act on, by the rule the library uses:
+/// the connection string's dbname, else the user name, else `postgres`.
 fn database_name(config: &Config) -> String {
-    config
-        .postgres
-        .url
-        .as_ref()
-        .map(|u| u.redacted())
-        .and_then(|u| {
-            u.rsplit('/')
-                .next()
-                .map(|db| db.split('?').next().unwrap_or(db).to_string())
-        })
-        .unwrap_or_default()
+    let Some(url) = config.postgres.url.as_ref() else {
+        return String::new();
+    };
+    match url.expose().parse::<dbmanager::tokio_postgres::Config>() {
+        Ok(parsed) => parsed
+            .get_dbname()
+            .or(parsed.get_user())
+            .unwrap_or("postgres")
+            .to_string(),
+        // Validation has parsed it already; an unparseable URL names no
+        // database, which is not a test database.
+        Err(_) => String::new(),
+    }
 }
 
 async fn create(config: &Config, migrations: Option<&Migrations>) -> dbmanager::Result<()> {

@@ -678,3 +678,56 @@ fn bad_migration_folders_are_typed_errors() {
         "the I/O cause is the source"
     );
 }
+
+/// A least-privilege role that owns its schema but may not create schemas
+/// in the database (no CREATE on it) can migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_owning_only_its_schema_can_migrate() {
+    let db = TestDb::create("mig_owner").await;
+    let role = support::unique_name("owner");
+    support::sql(
+        &db.url,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'owner-pw'; CREATE SCHEMA {role} AUTHORIZATION {role};"
+        ),
+    )
+    .await;
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').unwrap().1;
+    let role_url = format!("{scheme}://{role}:owner-pw@{host}");
+    let dir = migrations_dir(&[("1_widgets.up.sql", "CREATE TABLE widgets (id int);")]);
+    let manager = manager(&role_url).await;
+    manager
+        .migrate(&Migrations::from_dir(dir.path()).unwrap())
+        .await
+        .expect("migrating with the privileges of a schema owner");
+    assert_eq!(history(&db.url, &format!("{role}.{HISTORY}")).await, [1]);
+    manager.shutdown().await.unwrap();
+    support::sql(
+        &db.url,
+        &format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role};"),
+    )
+    .await;
+}
+
+/// A migration that creates the schema `search_path` names first
+/// (`"$user"`) must not move the history table: the next run finds the
+/// existing one instead of starting an empty history there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_stays_put_when_a_migration_creates_an_earlier_schema() {
+    let db = TestDb::create("mig_user_schema").await;
+    let dir = migrations_dir(&[
+        (
+            "1_user_schema.up.sql",
+            "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', current_user); END $$;",
+        ),
+        ("2_t.up.sql", "CREATE TABLE public.t (id int);"),
+    ]);
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    manager.migrate(&migrations).await.unwrap();
+    let again = manager.migrate(&migrations).await.expect("a second run");
+    assert!(again.is_empty(), "migrations ran twice: {again:?}");
+    assert_eq!(history(&db.url, &format!("public.{HISTORY}")).await, [1, 2]);
+    manager.shutdown().await.unwrap();
+}

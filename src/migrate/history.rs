@@ -28,8 +28,11 @@ pub(crate) struct HistoryTable {
 }
 
 impl HistoryTable {
-    /// Resolves `table` or `schema.table`; an unqualified name goes to the
-    /// session's current schema (the first existing one of `search_path`).
+    /// Resolves `table` or `schema.table`. An unqualified name is the table
+    /// of that name the session's `search_path` finds, else (first run) one
+    /// in the current schema. Looking for an existing table first keeps
+    /// the history where it is when a migration creates a schema that
+    /// `search_path` names earlier (`"$user"`, say).
     pub async fn resolve(client: &Client, configured: &str) -> Result<HistoryTable> {
         check_identifier(configured)
             .map_err(|problem| Error::config("migrations.table", problem))?;
@@ -40,7 +43,14 @@ impl HistoryTable {
             });
         }
         let row = client
-            .query_one("SELECT current_schema()", &[])
+            .query_one(
+                "SELECT coalesce(
+                     (SELECT n.nspname::text FROM pg_class c
+                        JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE c.oid = to_regclass(quote_ident($1))),
+                     current_schema()::text)",
+                &[&configured],
+            )
             .await
             .map_err(|e| Error::postgres("reading the current schema", e))?;
         let schema: Option<String> = row.get(0);
@@ -83,16 +93,34 @@ impl HistoryTable {
         if self.exists(client).await? {
             return Ok(());
         }
+        // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even
+        // when the schema exists, which a least-privilege role owning only
+        // its schema lacks: create the schema only when it is missing.
+        let schema_exists = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&self.schema],
+            )
+            .await
+            .map_err(|e| Error::postgres("looking for the history table's schema", e))?
+            .get::<_, bool>(0);
+        if !schema_exists {
+            client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote_ident(&self.schema)
+                ))
+                .await
+                .map_err(|e| Error::postgres("creating the history table's schema", e))?;
+        }
         let sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             CREATE TABLE IF NOT EXISTS {table} (
+            "CREATE TABLE IF NOT EXISTS {table} (
                  version      BIGINT      PRIMARY KEY,
                  name         TEXT        NOT NULL,
                  checksum     TEXT        NOT NULL,
                  applied_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
                  execution_ms BIGINT      NOT NULL
              )",
-            schema = quote_ident(&self.schema),
             table = self.sql_name(),
         );
         client

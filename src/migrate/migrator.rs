@@ -127,10 +127,17 @@ impl<'a> Migrator<'a> {
         self
     }
 
-    /// The advisory lock key this migrator takes (derived from the history
-    /// table name), for operators looking at `pg_locks`.
+    /// The advisory lock key this migrator takes, for operators looking at
+    /// `pg_locks`. It is derived from the history table's name without its
+    /// schema, so `history` and `public.history` (the same table, written
+    /// two ways) can never be locked by two migrators at once; history
+    /// tables of the same name in different schemas merely take turns.
     pub fn lock_key(&self) -> i64 {
-        lock_key(&format!("migrate:{}", self.table))
+        let table = self
+            .table
+            .rsplit_once('.')
+            .map_or(self.table.as_str(), |(_, table)| table);
+        lock_key(&format!("migrate:{table}"))
     }
 
     /// Applies every pending migration, in version order, each in its own

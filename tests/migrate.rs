@@ -731,3 +731,44 @@ async fn the_history_stays_put_when_a_migration_creates_an_earlier_schema() {
     assert_eq!(history(&db.url, &format!("public.{HISTORY}")).await, [1, 2]);
     manager.shutdown().await.unwrap();
 }
+
+/// A no-transaction script may run its own transactions, but one it leaves
+/// open would take the history row down with it: refused, not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_transaction_script_that_leaves_a_transaction_open_is_refused() {
+    let db = TestDb::create("mig_open_tx").await;
+    let dir = migrations_dir(&[
+        (
+            "1_closed.up.sql",
+            "-- dbmanager:no-transaction\nBEGIN;\nCREATE TABLE kept (id int);\nCOMMIT;\n",
+        ),
+        (
+            "2_open.up.sql",
+            "-- dbmanager:no-transaction\nBEGIN;\nCREATE TABLE forgotten (id int);\n",
+        ),
+    ]);
+    let manager = manager(&db.url).await;
+    let error = migrate_error(
+        manager
+            .migrate(&Migrations::from_dir(dir.path()).unwrap())
+            .await
+            .unwrap_err(),
+    );
+    match &error {
+        MigrateError::Statement { file, reason, .. } => {
+            assert!(file.contains("2_open.up.sql"), "{error}");
+            assert!(reason.contains("BEGIN without COMMIT"), "{error}");
+        }
+        other => panic!("expected a statement error, got {other:?}"),
+    }
+    assert_eq!(history(&db.url, HISTORY).await, [1]);
+    assert_eq!(
+        query_i64(
+            &db.url,
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('kept', 'forgotten')"
+        )
+        .await,
+        1
+    );
+    manager.shutdown().await.unwrap();
+}

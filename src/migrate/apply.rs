@@ -63,6 +63,9 @@ pub(crate) async fn run(
         }
     }
     let took = started.elapsed();
+    if !script.transactional {
+        left_no_transaction_open(client, script).await?;
+    }
     let bookkeeping = match direction {
         Direction::Up => {
             history
@@ -98,6 +101,43 @@ pub(crate) async fn run(
         }
     }
     Ok(took)
+}
+
+/// A script run outside a transaction may manage its own, but one it left
+/// open would swallow the history row and be rolled back with the
+/// connection: the migration would read as applied while nothing was kept.
+/// Inside a transaction block `now()` (its start) is older than the
+/// current statement; in autocommit they are the same instant.
+async fn left_no_transaction_open(client: &Client, script: &Script) -> Result<()> {
+    // One simple-protocol message: in autocommit it is a transaction of
+    // its own, begun when the message arrived.
+    let rows = client
+        .simple_query(
+            "SELECT txid_current_if_assigned() IS NOT NULL OR now() <> statement_timestamp()",
+        )
+        .await
+        .map_err(|e| Error::postgres("checking for an open transaction", e))?;
+    let open = rows.iter().any(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+        _ => false,
+    });
+    if !open {
+        return Ok(());
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    Err(MigrateError::Statement {
+        file: script.file.clone(),
+        statement: to_u32(script.statements.len()),
+        line: script.statements.last().map_or(1, |s| to_u32(s.line)),
+        error_line: None,
+        sql: "(end of file)".into(),
+        reason: "the script ends inside a transaction it opened (BEGIN without COMMIT); \
+                 that transaction was rolled back and the migration is not recorded"
+            .into(),
+        code: None,
+        rolled_back: false,
+    }
+    .into())
 }
 
 fn statement_error(

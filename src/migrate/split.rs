@@ -331,51 +331,79 @@ pub(crate) fn excerpt(sql: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-/// Replaces the string constant after each `PASSWORD` key word, so a
-/// failing `CREATE ROLE ... PASSWORD '...'` does not put the password into
-/// an error or a log.
+/// Hides every string constant of a statement that mentions a password
+/// (`CREATE ROLE ... PASSWORD '...'`, a `dblink_connect('... password=...')`,
+/// a dollar-quoted `PASSWORD $p$...$p$`), so a failing statement does not
+/// put the password into an error or a log. Other statements are unchanged.
 fn hide_passwords(sql: &str) -> String {
-    let lower = sql.to_ascii_lowercase();
+    if !sql.to_ascii_lowercase().contains("password") {
+        return sql.to_string();
+    }
+    const HIDDEN: &str = "'[redacted]'";
+    let bytes = sql.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
     let mut out = String::with_capacity(sql.len());
-    let mut rest = 0;
-    let mut search = 0;
-    while let Some(found) = lower[search..].find("password") {
-        let keyword_end = search + found + "password".len();
-        let after = &sql[keyword_end..];
-        let trimmed = after.trim_start();
-        let quote_at = keyword_end + (after.len() - trimmed.len());
-        let prefix_len = if trimmed.starts_with("E'") || trimmed.starts_with("e'") {
-            1
-        } else {
-            0
-        };
-        if trimmed[prefix_len..].starts_with('\'') {
-            let open = quote_at + prefix_len;
-            let bytes = sql.as_bytes();
-            let mut i = open + 1;
-            while i < bytes.len() {
-                if bytes[i] == b'\\' && prefix_len == 1 {
-                    i += 2;
-                } else if bytes[i] == b'\'' {
-                    if bytes.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                    } else {
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // A quoted identifier: skip it whole ("" is an escaped quote).
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'"' && bytes.get(i + 1) != Some(&b'"') {
                         break;
                     }
-                } else {
-                    i += 1;
+                    i += if bytes[i] == b'"' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'\'' => {
+                let escape_string = i > 0
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && (i < 2 || !is_word(bytes[i - 2]));
+                let open = if escape_string { i - 1 } else { i };
+                let mut j = i + 1;
+                while j < bytes.len() {
+                    match bytes[j] {
+                        b'\\' if escape_string => j += 2,
+                        b'\'' if bytes.get(j + 1) == Some(&b'\'') => j += 2,
+                        b'\'' => break,
+                        _ => j += 1,
+                    }
+                }
+                out.push_str(&sql[copied..open]);
+                out.push_str(HIDDEN);
+                i = (j + 1).min(bytes.len());
+                copied = i;
+            }
+            b'$' if i == 0 || !is_word(bytes[i - 1]) => {
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                    .map(|n| i + 1 + n);
+                let is_tag = tag_end.is_some_and(|t| {
+                    bytes[t] == b'$' && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                });
+                match tag_end.filter(|_| is_tag) {
+                    Some(t) => {
+                        let delimiter = &sql[i..=t];
+                        let body = t + 1;
+                        let close = sql[body..]
+                            .find(delimiter)
+                            .map_or(bytes.len(), |n| body + n + delimiter.len());
+                        out.push_str(&sql[copied..i]);
+                        out.push_str(HIDDEN);
+                        i = close;
+                        copied = i;
+                    }
+                    None => i += 1,
                 }
             }
-            let close = i.min(bytes.len());
-            out.push_str(&sql[rest..quote_at]);
-            out.push_str("'[redacted]'");
-            rest = (close + 1).min(sql.len());
-            search = rest;
-        } else {
-            search = keyword_end;
+            _ => i += 1,
         }
     }
-    out.push_str(&sql[rest..]);
+    out.push_str(&sql[copied.min(sql.len())..]);
     out
 }
 
@@ -539,7 +567,28 @@ mod tests {
                 "ALTER ROLE a PASSWORD E'it\\'s' VALID UNTIL 'infinity'",
                 100
             ),
-            "ALTER ROLE a PASSWORD '[redacted]' VALID UNTIL 'infinity'"
+            "ALTER ROLE a PASSWORD '[redacted]' VALID UNTIL '[redacted]'"
+        );
+        for (sql, secret) in [
+            (
+                "SELECT dblink_connect('r', 'host=r1 user=etl password=S3cret')",
+                "S3cret",
+            ),
+            ("ALTER ROLE app PASSWORD $p$S3cret$p$", "S3cret"),
+            ("ALTER ROLE app PASSWORD $$S3cret$$", "S3cret"),
+            ("ALTER ROLE \"it's\" PASSWORD 'S3cret'", "S3cret"),
+            ("ALTER ROLE app PASSWORD 'unterminated S3cret", "S3cret"),
+        ] {
+            let shown = excerpt(sql, 200);
+            assert!(!shown.contains(secret), "{sql} -> {shown}");
+        }
+        assert_eq!(
+            excerpt("INSERT INTO t VALUES ('kept', $1)", 100),
+            "INSERT INTO t VALUES ('kept', $1)"
+        );
+        assert_eq!(
+            excerpt("ALTER ROLE \"it's\" PASSWORD 'x'", 100),
+            "ALTER ROLE \"it's\" PASSWORD '[redacted]'"
         );
     }
 

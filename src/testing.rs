@@ -456,17 +456,31 @@ fn new_database_name() -> String {
     )
 }
 
-/// Six hex digits naming this host, so a sweep only judges the processes
-/// it can see.
+/// Six hex digits naming this host and its process-id space, so a sweep
+/// only judges processes it can see. The hostname alone is not enough:
+/// containers started with the same `--hostname` (or sandboxes all called
+/// `localhost`) each number their processes from 1, so their pids collide
+/// and one's sweep would take another's live databases for leftovers.
 fn host_tag() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .unwrap_or_default();
-    let digest = Sha256::digest(host.trim().as_bytes());
-    digest[..3].iter().map(|b| format!("{b:02x}")).collect()
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok())
+            .unwrap_or_default();
+        // `pid:[4026531836]`: the pid namespace; the boot id tells two
+        // machines (or two boots) with the same namespace number apart.
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let identity = format!("{}\n{pid_namespace}\n{}", host.trim(), boot.trim());
+        let digest = Sha256::digest(identity.as_bytes());
+        digest[..3].iter().map(|b| format!("{b:02x}")).collect()
+    })
+    .clone()
 }
 
 /// Whether a test database name belongs to a run that is gone.

@@ -18,8 +18,9 @@ pub async fn run(mut config: Config, args: BenchArgs) -> dbmanager::Result<ExitC
     options.warmup = args.warmup;
     let db = DatabaseManager::builder().config(config).build().await?;
     let report = bench::run(&db, &options).await;
-    db.shutdown().await?;
+    let closed = db.shutdown().await;
     let report = report?;
+    closed?;
     if args.json {
         crate::emit(&report.to_json());
     } else {

@@ -68,8 +68,10 @@ pub async fn run(config: Config, command: MigrateCommand) -> dbmanager::Result<E
         }),
         MigrateCommand::New { .. } => unreachable!("handled above"),
     };
-    db.shutdown().await?;
+    // The migration's own error matters more than a shutdown one.
+    let closed = db.shutdown().await;
     result?;
+    closed?;
     Ok(ExitCode::SUCCESS)
 }
 

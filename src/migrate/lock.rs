@@ -130,8 +130,15 @@ impl MigrationLock {
             cancel: Some(cancel),
             key,
         };
-        wait_for_lock(lock.client(), key, timeout, "migration").await?;
-        Ok(lock)
+        match wait_for_lock(lock.client(), key, timeout, "migration").await {
+            Ok(()) => Ok(lock),
+            Err(e) => {
+                // Not taken (a timeout, a broken connection): nothing to
+                // roll back or cancel, and nothing was interrupted.
+                lock.abandon().await;
+                Err(e)
+            }
+        }
     }
 
     /// The connection holding the lock.

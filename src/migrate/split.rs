@@ -85,6 +85,9 @@ struct Splitter<'a> {
     parens: usize,
     /// Open `BEGIN`/`CASE` of a routine body.
     blocks: usize,
+    /// Byte ranges of the string constants seen (`'...'`, `E'...'`,
+    /// dollar-quoted), an unterminated one running to the end.
+    strings: Vec<std::ops::Range<usize>>,
 }
 
 impl<'a> Splitter<'a> {
@@ -99,6 +102,7 @@ impl<'a> Splitter<'a> {
             words: Vec::new(),
             parens: 0,
             blocks: 0,
+            strings: Vec::new(),
         }
     }
 
@@ -122,7 +126,7 @@ impl<'a> Splitter<'a> {
         self.pos = to;
     }
 
-    fn run(mut self) -> Result<Vec<Statement>, SplitError> {
+    fn run(&mut self) -> Result<Vec<Statement>, SplitError> {
         while let Some(b) = self.peek(0) {
             match b {
                 b'\n' => {
@@ -175,7 +179,7 @@ impl<'a> Splitter<'a> {
             }
         }
         self.finish_statement(self.bytes.len());
-        Ok(self.statements)
+        Ok(std::mem::take(&mut self.statements))
     }
 
     fn finish_statement(&mut self, end: usize) {
@@ -226,6 +230,8 @@ impl<'a> Splitter<'a> {
     /// the next character.
     fn quoted(&mut self, quote: u8, backslash: bool, what: &str) -> Result<(), SplitError> {
         let line = self.line;
+        // An `E` prefix belongs to the constant.
+        let opened = if backslash { self.pos - 1 } else { self.pos };
         let mut i = self.pos + 1;
         while i < self.bytes.len() {
             let b = self.bytes[i];
@@ -235,12 +241,18 @@ impl<'a> Splitter<'a> {
                 if self.bytes.get(i + 1) == Some(&quote) {
                     i += 2;
                 } else {
+                    if quote == b'\'' {
+                        self.strings.push(opened..i + 1);
+                    }
                     self.advance_to(i + 1);
                     return Ok(());
                 }
             } else {
                 i += 1;
             }
+        }
+        if quote == b'\'' {
+            self.strings.push(opened..self.bytes.len());
         }
         Err(SplitError {
             line,
@@ -272,13 +284,20 @@ impl<'a> Splitter<'a> {
         let line = self.line;
         match self.text[body..].find(delimiter) {
             Some(i) => {
-                self.advance_to(body + i + delimiter.len());
+                let end = body + i + delimiter.len();
+                self.strings.push(self.pos..end);
+                self.advance_to(end);
                 Ok(())
             }
-            None => Err(SplitError {
-                line,
-                problem: format!("a dollar-quoted string opened with {delimiter} is not closed"),
-            }),
+            None => {
+                self.strings.push(self.pos..self.bytes.len());
+                Err(SplitError {
+                    line,
+                    problem: format!(
+                        "a dollar-quoted string opened with {delimiter} is not closed"
+                    ),
+                })
+            }
         }
     }
 
@@ -320,10 +339,13 @@ impl<'a> Splitter<'a> {
     }
 }
 
-/// A statement on one line, shortened, with `PASSWORD '...'` hidden.
+/// A statement on one line, shortened, with passwords hidden.
 pub(crate) fn excerpt(sql: &str, max: usize) -> String {
-    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    let redacted = hide_passwords(&one_line);
+    // Hidden before the lines are joined: joined, a `--` comment inside the
+    // statement would run to its end and hide the strings after it from
+    // the lexer.
+    let hidden = hide_passwords(sql);
+    let redacted = hidden.split_whitespace().collect::<Vec<_>>().join(" ");
     if redacted.chars().count() <= max {
         return redacted;
     }
@@ -339,71 +361,18 @@ fn hide_passwords(sql: &str) -> String {
     if !sql.to_ascii_lowercase().contains("password") {
         return sql.to_string();
     }
-    const HIDDEN: &str = "'[redacted]'";
-    let bytes = sql.as_bytes();
-    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+    // The splitter's own lexing finds the constants; an unterminated one
+    // is recorded up to the end, so the error it also reports is moot.
+    let mut lexer = Splitter::new(sql);
+    let _ = lexer.run();
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                // A quoted identifier: skip it whole ("" is an escaped quote).
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == b'"' && bytes.get(i + 1) != Some(&b'"') {
-                        break;
-                    }
-                    i += if bytes[i] == b'"' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'\'' => {
-                let escape_string = i > 0
-                    && matches!(bytes[i - 1], b'e' | b'E')
-                    && (i < 2 || !is_word(bytes[i - 2]));
-                let open = if escape_string { i - 1 } else { i };
-                let mut j = i + 1;
-                while j < bytes.len() {
-                    match bytes[j] {
-                        b'\\' if escape_string => j += 2,
-                        b'\'' if bytes.get(j + 1) == Some(&b'\'') => j += 2,
-                        b'\'' => break,
-                        _ => j += 1,
-                    }
-                }
-                out.push_str(&sql[copied..open]);
-                out.push_str(HIDDEN);
-                i = (j + 1).min(bytes.len());
-                copied = i;
-            }
-            b'$' if i == 0 || !is_word(bytes[i - 1]) => {
-                let tag_end = bytes[i + 1..]
-                    .iter()
-                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
-                    .map(|n| i + 1 + n);
-                let is_tag = tag_end.is_some_and(|t| {
-                    bytes[t] == b'$' && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
-                });
-                match tag_end.filter(|_| is_tag) {
-                    Some(t) => {
-                        let delimiter = &sql[i..=t];
-                        let body = t + 1;
-                        let close = sql[body..]
-                            .find(delimiter)
-                            .map_or(bytes.len(), |n| body + n + delimiter.len());
-                        out.push_str(&sql[copied..i]);
-                        out.push_str(HIDDEN);
-                        i = close;
-                        copied = i;
-                    }
-                    None => i += 1,
-                }
-            }
-            _ => i += 1,
-        }
+    for string in &lexer.strings {
+        out.push_str(&sql[copied..string.start]);
+        out.push_str("'[redacted]'");
+        copied = string.end;
     }
-    out.push_str(&sql[copied.min(sql.len())..]);
+    out.push_str(&sql[copied..]);
     out
 }
 
@@ -578,6 +547,7 @@ mod tests {
             ("ALTER ROLE app PASSWORD $$S3cret$$", "S3cret"),
             ("ALTER ROLE \"it's\" PASSWORD 'S3cret'", "S3cret"),
             ("ALTER ROLE app PASSWORD 'unterminated S3cret", "S3cret"),
+            ("ALTER ROLE app -- rotated\n PASSWORD 'S3cret'", "S3cret"),
         ] {
             let shown = excerpt(sql, 200);
             assert!(!shown.contains(secret), "{sql} -> {shown}");

@@ -215,32 +215,31 @@ impl PostgresPool {
             };
             let began = *started.get_or_insert(at);
             let budget = wait.saturating_sub(began.elapsed());
-            let outcome = match tokio::time::timeout(budget, hook.call(&object.client)).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    // The connection is in an unknown state mid-hook.
-                    shared.closed(CloseReason::Hook, 1);
-                    drop(Object::take(object));
-                    return Err(Error::Hook {
-                        hook: "on_checkout",
-                        reason: format!("did not finish within the wait timeout ({wait:?})"),
-                    });
-                }
-            };
-            match outcome {
-                Ok(()) => break (object, Instant::now()),
-                Err(e) => {
+            let (reason, give_up) = match tokio::time::timeout(budget, hook.call(&object.client))
+                .await
+            {
+                Ok(Ok(())) => break (object, Instant::now()),
+                // Cut off mid-hook: the connection is in an unknown state.
+                Err(_) => (
+                    format!("did not finish within the wait timeout ({wait:?})"),
+                    true,
+                ),
+                Ok(Err(e)) => {
                     rejected_by_hook += 1;
                     tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkout hook failed; discarding the connection and trying another");
-                    shared.closed(CloseReason::Hook, 1);
-                    drop(Object::take(object));
-                    if rejected_by_hook > shared.settings.max_size || began.elapsed() >= wait {
-                        return Err(Error::Hook {
-                            hook: "on_checkout",
-                            reason: crate::config::scrub(&e.to_string(), &shared.secrets),
-                        });
-                    }
+                    (
+                        crate::config::scrub(&e.to_string(), &shared.secrets),
+                        rejected_by_hook > shared.settings.max_size || began.elapsed() >= wait,
+                    )
                 }
+            };
+            shared.closed(CloseReason::Hook, 1);
+            drop(Object::take(object));
+            if give_up {
+                return Err(Error::Hook {
+                    hook: "on_checkout",
+                    reason,
+                });
             }
         };
         shared.checked_out.fetch_add(1, Ordering::AcqRel);

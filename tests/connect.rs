@@ -73,17 +73,7 @@ async fn wrong_password_fails_before_the_first_retry_delay() {
         &format!("CREATE ROLE {role} LOGIN PASSWORD 'right-password'"),
     )
     .await;
-    let url = db
-        .url
-        .replace("postgres:local-pg-pw", &format!("{role}:wrong-password"));
-    let url = if url.contains(&role) {
-        url
-    } else {
-        // Another server than scripts/test's: put the role in by hand.
-        let (scheme, rest) = db.url.split_once("://").unwrap();
-        let host = rest.split_once('@').unwrap().1;
-        format!("{scheme}://{role}:wrong-password@{host}")
-    };
+    let url = support::with_credentials(&db.url, &role, "wrong-password");
     let first_delay = Duration::from_secs(2);
     let mut config = pg_config(&url);
     config.retry = slow_retry(first_delay);

@@ -692,9 +692,7 @@ async fn a_role_owning_only_its_schema_can_migrate() {
         ),
     )
     .await;
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let host = rest.split_once('@').unwrap().1;
-    let role_url = format!("{scheme}://{role}:owner-pw@{host}");
+    let role_url = support::with_credentials(&db.url, &role, "owner-pw");
     let dir = migrations_dir(&[("1_widgets.up.sql", "CREATE TABLE widgets (id int);")]);
     let manager = manager(&role_url).await;
     manager

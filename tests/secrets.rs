@@ -15,8 +15,7 @@ fn assert_hidden(what: &str, text: &str) {
 }
 
 fn url_for(db: &TestDb, role: &str, password: &str) -> String {
-    let host = db.url.split_once('@').unwrap().1;
-    format!("postgres://{role}:{}@{host}", encode(password))
+    support::with_credentials(&db.url, role, &encode(password))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

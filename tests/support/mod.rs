@@ -60,6 +60,13 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// Replaces the user and password of a `postgres://user:password@...` URL.
+pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
 /// Runs SQL on a fresh connection (outside any pool under test).
 pub async fn sql(url: &str, statements: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

@@ -66,14 +66,27 @@ free_port() {
 }
 
 # Starts an ephemeral PostgreSQL cluster in $1 (SCRAM auth, fsync off) and
-# prints its superuser URL. Runs the server as `postgres` when root.
+# prints its superuser URL. Runs the server as `postgres` when root; the
+# cluster then lives in a directory of its own under $TMPDIR (or /tmp), $1
+# linking to it, because `postgres` may not be able to enter the checkout
+# (a clone in a `mktemp -d` directory is root's alone).
 start_postgres() {
     local dir="$1" password="$2" bindir port owner
     bindir="$(pg_bindir)"
     port="$(free_port)"
-    rm -rf "$dir"; mkdir -p "$dir"
+    stop_postgres "$dir"
+    rm -rf "$dir"
     owner="$(id -un)"
-    if [ "$(id -u)" = 0 ]; then owner=postgres; chown postgres "$dir"; fi
+    if [ "$(id -u)" = 0 ]; then
+        owner=postgres
+        local cluster
+        cluster="$(mktemp -d "${TMPDIR:-/tmp}/dbmanager-pg.XXXXXX")"
+        chmod 755 "$cluster"; chown postgres "$cluster"
+        mkdir -p "$(dirname "$dir")"; ln -s "$cluster" "$dir"
+        dir="$cluster"
+    else
+        mkdir -p "$dir"
+    fi
     local run=(); [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
     printf '%s\n' "$password" > "$dir/pwfile"; chown "$owner" "$dir/pwfile"; chmod 600 "$dir/pwfile"
     "${run[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 --pwfile="$dir/pwfile" \
@@ -88,11 +101,15 @@ start_postgres() {
 }
 
 stop_postgres() {
-    local dir="$1" bindir run=()
-    [ -d "$dir/data" ] || return 0
-    bindir="$(pg_bindir)"
-    [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
-    "${run[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    local link="$1" dir bindir run=()
+    dir="$(readlink -f "$link" 2>/dev/null || echo "$link")"
+    if [ -d "$dir/data" ]; then
+        bindir="$(pg_bindir)"
+        [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+        "${run[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    # A cluster kept outside the checkout goes with its link.
+    if [ -L "$link" ]; then rm -rf "$dir"; rm -f "$link"; fi
 }
 
 # Starts the mongoeco server with a SCRAM user and prints its URL.

@@ -19,6 +19,7 @@ use crate::pool_status::PoolStatus;
 /// The state of a component or of the whole report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum HealthStatus {
     /// Working.
     Up,
@@ -40,6 +41,7 @@ impl fmt::Display for HealthStatus {
 
 /// MongoDB's view of the deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Topology {
     /// `standalone`, `replica_set` or `sharded`.
     pub kind: String,

@@ -3,8 +3,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "bench")]
-pub mod bench;
+#[cfg(feature = "migrate")]
+pub mod admin;
 mod builder;
 pub mod config;
 mod error;

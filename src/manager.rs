@@ -19,6 +19,7 @@ use crate::postgres::PostgresPool;
 /// Where a manager is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Phase {
     /// Connecting (with retry) in the background; not ready.
     Connecting,

@@ -8,6 +8,7 @@ use std::fmt;
 /// a consistent-enough picture rather than an exact one. They are the same
 /// numbers the `dbmanager_pool_*` gauges report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// The most connections the pool will open.
     pub max_size: usize,

@@ -307,11 +307,7 @@ async fn a_unix_socket_host_connects_with_tls_compiled_in() {
         quote(parsed.get_dbname().unwrap()),
     );
 
-    let manager = DatabaseManager::builder()
-        .config(pg_config(&socket_url))
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(pg_config(&socket_url)).await;
     let conn = manager.postgres().unwrap().get().await.unwrap();
     let over_socket: bool = conn
         .query_one("SELECT inet_client_addr() IS NULL", &[])

@@ -11,11 +11,7 @@ use support::{PgCluster, TestDb, pg_config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_when_up_has_every_documented_field() {
     let db = TestDb::create("health_up").await;
-    let manager = DatabaseManager::builder()
-        .config(pg_config(&db.url))
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(pg_config(&db.url)).await;
 
     let report = manager.health().await;
     assert_eq!(report.status, HealthStatus::Up);
@@ -51,11 +47,7 @@ async fn health_is_down_within_the_probe_timeout_once_the_server_stops() {
     let mut config = pg_config(&cluster.url("postgres"));
     let probe_timeout = Duration::from_secs(1);
     config.health.probe_timeout = probe_timeout;
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     assert_eq!(manager.health().await.status, HealthStatus::Up);
 
     cluster.stop();
@@ -87,11 +79,7 @@ async fn an_optional_database_that_is_down_makes_health_degraded() {
     let mut config = pg_config(&cluster.url("postgres"));
     config.postgres.required = false;
     config.health.probe_timeout = Duration::from_secs(1);
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     cluster.stop();
     let report = manager.health().await;
     assert_eq!(report.status, HealthStatus::Degraded);

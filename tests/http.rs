@@ -30,11 +30,7 @@ async fn status_codes_and_bodies_up_then_postgres_stopped_then_draining() {
     config.mongodb.pool.min_size = 1;
     config.health.probe_timeout = Duration::from_secs(1);
     config.shutdown.grace_period = Duration::from_secs(10);
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     let addr = serve(db.clone()).await;
     let no_secret = |body: &str| {
         assert!(

@@ -24,11 +24,7 @@ async fn warm_up_opens_min_idle_and_the_pool_recovers_after_sessions_are_killed(
     let mut config = lifecycle_config(&db.url);
     config.postgres.pool.min_idle = 4;
     let app = config.postgres.application_name.clone();
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
 
     assert_eq!(
@@ -79,11 +75,7 @@ async fn idle_timeout_closes_surplus_connections_down_to_min_idle() {
     config.postgres.pool.min_idle = 1;
     config.postgres.pool.idle_timeout = Some(Duration::from_millis(300));
     let app = config.postgres.application_name.clone();
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
 
     let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
@@ -115,11 +107,7 @@ async fn max_lifetime_replaces_old_connections_without_touching_one_in_use() {
     let mut config = lifecycle_config(&db.url);
     config.postgres.pool.min_idle = 2;
     config.postgres.pool.max_lifetime = Some(Duration::from_millis(400));
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap().clone();
 
     let long = tokio::spawn({
@@ -173,11 +161,7 @@ async fn connections_beyond_max_idle_are_closed_when_returned() {
     let mut config = lifecycle_config(&db.url);
     config.postgres.pool.min_idle = 1;
     config.postgres.pool.max_idle = Some(2);
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
     let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
     assert_eq!(pool.status().open, 5);
@@ -193,11 +177,7 @@ async fn a_connection_held_past_the_leak_threshold_is_reported_once_with_its_loc
     let db = TestDb::create("leak").await;
     let mut config = lifecycle_config(&db.url);
     config.postgres.pool.leak_detection_threshold = Some(Duration::from_millis(200));
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
 
     let (held, line) = (pool.get().await.unwrap(), line!());
@@ -351,11 +331,7 @@ async fn the_maintenance_task_ends_on_shutdown_leaving_no_task_running() {
     let baseline = runtime.metrics().num_alive_tasks();
     let mut config = lifecycle_config(&db.url);
     config.postgres.pool.min_idle = 2;
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap().clone();
     assert!(pool.stats().maintenance_running);
     assert!(
@@ -387,11 +363,7 @@ async fn a_slow_acquire_logs_a_warning_with_the_pool_status() {
     config.postgres.pool.max_size = 1;
     config.postgres.pool.min_idle = 1;
     config.postgres.pool.slow_acquire_threshold = Some(Duration::from_millis(100));
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap().clone();
 
     let held = pool.get().await.unwrap();
@@ -479,11 +451,7 @@ async fn idle_connections_stay_available_while_the_top_up_connects() {
     config.postgres.pool.min_idle = 2;
     config.postgres.pool.connect_timeout = Duration::from_secs(30);
     config.postgres.pool.wait_timeout = Duration::from_secs(30);
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
     let pid_of = async |client: &dbmanager::PooledConnection| -> i32 {
         client

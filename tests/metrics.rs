@@ -93,11 +93,7 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     config.mongodb.url = Some(DatabaseUrl::new(&mongo_url));
     config.mongodb.database = Some(support::unique_name("metrics"));
     config.mongodb.pool.min_size = 2;
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
     let start = Reading::take(&snapshotter);
     assert_eq!(start.counter(names::CREATED, &[PG]), 2);

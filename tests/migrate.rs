@@ -6,8 +6,8 @@ mod support;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use dbmanager::Error;
 use dbmanager::migrate::{MigrateError, MigrationState, Migrations};
-use dbmanager::{DatabaseManager, Error};
 use support::{
     TestDb, catalog, eventually, example_migrations, history, manager, migrations_dir, query_i64,
 };
@@ -462,11 +462,7 @@ async fn the_lock_is_released_after_a_panic_inside_the_runner() {
                 .unwrap();
             runtime.block_on(async {
                 let migrations = Migrations::from_dir(&path).unwrap();
-                let manager = DatabaseManager::builder()
-                    .config(support::pg_config(&url))
-                    .build()
-                    .await
-                    .unwrap();
+                let manager = support::build(support::pg_config(&url)).await;
                 let migrator = manager.migrator(&migrations).unwrap();
                 key_tx.send(migrator.lock_key()).unwrap();
                 let returned = migrator.up().await;
@@ -622,11 +618,7 @@ async fn a_schema_qualified_history_table_is_created_in_its_schema() {
     let db = TestDb::create("mig_table").await;
     let mut config = support::pg_config(&db.url);
     config.migrations.table = "meta.schema_versions".into();
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let migrations = example_migrations();
     manager.migrate(&migrations).await.unwrap();
     assert_eq!(history(&db.url, "meta.schema_versions").await, [1, 2, 3]);

@@ -44,11 +44,7 @@ struct Post {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_on_a_typed_collection_through_the_default_database() {
     let (url, _server) = support::mongo();
-    let db = DatabaseManager::builder()
-        .config(mongo_config(&url))
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(mongo_config(&url)).await;
     let posts = db.mongo().unwrap().database().collection::<Post>("posts");
 
     let first = Post {
@@ -132,11 +128,7 @@ async fn parts_with_special_characters_in_the_password_connect() {
     assert!(!format!("{config:?}").contains("p@ss"));
     assert_eq!(config.mongodb.database_name(), "parts_db");
 
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     assert_eq!(db.mongo().unwrap().database_name(), "parts_db");
     db.mongo()
         .unwrap()
@@ -155,11 +147,7 @@ async fn a_wrong_password_fails_fast_with_a_typed_error() {
         "mongodb://authuser:right-pw@127.0.0.1:{}/?authSource=admin&authMechanism=SCRAM-SHA-256",
         server.port
     );
-    let db = DatabaseManager::builder()
-        .config(mongo_config(&good))
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(mongo_config(&good)).await;
     db.shutdown().await.unwrap();
 
     let bad = good.replace("right-pw", "wrong-pw");
@@ -248,11 +236,7 @@ async fn build_retries_until_a_late_server_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_are_ensured_idempotently_and_conflicts_are_typed() {
     let (url, _server) = support::mongo();
-    let db = DatabaseManager::builder()
-        .config(mongo_config(&url))
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(mongo_config(&url)).await;
     let mongo = db.mongo().unwrap();
     let declared = [
         CollectionIndexes::new(
@@ -326,11 +310,7 @@ async fn health_reports_latency_version_topology_and_pool_then_down_when_killed(
     let mut server = MongoServer::start("healthuser", "health-pw");
     let mut config = mongo_config(&server.url());
     config.health.probe_timeout = Duration::from_secs(2);
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     db.mongo()
         .unwrap()
         .database()
@@ -389,11 +369,7 @@ async fn an_optional_mongodb_that_is_down_makes_health_degraded() {
     config.mongodb = mongo.mongodb;
     config.mongodb.required = false;
     config.health.probe_timeout = Duration::from_secs(1);
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     server.kill();
     let report = db.health().await;
     assert_eq!(report.status, HealthStatus::Degraded);
@@ -408,11 +384,7 @@ async fn either_database_alone_or_both_together() {
     let (url, _server) = support::mongo();
     let pg = TestDb::create("mixed").await;
 
-    let mongo_only = DatabaseManager::builder()
-        .config(mongo_config(&url))
-        .build()
-        .await
-        .unwrap();
+    let mongo_only = support::build(mongo_config(&url)).await;
     assert!(matches!(
         mongo_only.postgres(),
         Err(Error::NotConfigured { .. })
@@ -428,11 +400,7 @@ async fn either_database_alone_or_both_together() {
     );
     mongo_only.shutdown().await.unwrap();
 
-    let pg_only = DatabaseManager::builder()
-        .config(pg_config(&pg.url))
-        .build()
-        .await
-        .unwrap();
+    let pg_only = support::build(pg_config(&pg.url)).await;
     assert!(matches!(pg_only.mongo(), Err(Error::NotConfigured { .. })));
     assert_eq!(
         pg_only.health().await.components.keys().collect::<Vec<_>>(),
@@ -442,11 +410,7 @@ async fn either_database_alone_or_both_together() {
 
     let mut both = pg_config(&pg.url);
     both.mongodb = mongo_config(&url).mongodb;
-    let db = DatabaseManager::builder()
-        .config(both)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(both).await;
     let report = db.health().await;
     assert_eq!(report.status, HealthStatus::Up);
     assert_eq!(
@@ -463,11 +427,7 @@ async fn shutdown_waits_for_an_operation_in_flight() {
     // The Python test server answers nothing else while it stores the batch:
     // give the driver's monitor room not to give up on it meanwhile.
     config.mongodb.connect_timeout = Duration::from_secs(20);
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     let collection = db
         .mongo()
         .unwrap()

@@ -33,11 +33,7 @@ async fn the_password_appears_in_no_output() {
     assert_hidden("config Debug", &format!("{config:?}"));
     assert_hidden("config JSON", &serde_json::to_string(&config).unwrap());
 
-    let manager = DatabaseManager::builder()
-        .config(config.clone())
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config.clone()).await;
     assert_hidden("manager Debug", &format!("{manager:?}"));
     assert_hidden("manager Display", &manager.to_string());
     assert_hidden("pool Debug", &format!("{:?}", manager.postgres().unwrap()));

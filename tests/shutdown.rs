@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use dbmanager::{Backend, DatabaseManager, Error};
+use dbmanager::{Backend, Error};
 use support::{TestDb, admin_url, pg_config, sessions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,11 +14,7 @@ async fn in_flight_query_completes_new_work_is_refused_and_no_session_remains() 
     let mut config = pg_config(&db.url);
     config.postgres.pool.min_idle = 2;
     let app = config.postgres.application_name.clone();
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     assert_eq!(sessions(&admin_url(), &app).await, 2);
 
     let worker = manager.clone();
@@ -82,11 +78,7 @@ async fn connections_still_busy_after_the_grace_period_are_closed() {
     let mut config = pg_config(&db.url);
     config.shutdown.grace_period = Duration::from_millis(300);
     let app = config.postgres.application_name.clone();
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
 
     let worker = manager.clone();
     let stuck = tokio::spawn(async move {

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::{Problems, positive};
+use crate::error::{Problems, positive};
 
 /// SQL migration settings (`[migrations]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MigrationsConfig {
     /// Folder of `<version>_<name>.up.sql` / `.down.sql` files read at run
     /// time (the command line, `Migrations::from_dir`). Default: `migrations`.
@@ -43,6 +44,7 @@ impl MigrationsConfig {
 /// `dbmanager db create` prepare before migrating.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BootstrapConfig {
     /// Create the configured database when it does not exist. Default: `true`.
     pub create_database: bool,

@@ -19,23 +19,18 @@
 //!
 //! Durations are written the human way: `"250ms"`, `"30s"`, `"10min"`.
 
-mod env;
-mod explain;
+mod loader;
 mod migrations;
 mod mongo;
 mod postgres;
 mod secret;
 pub(crate) mod url;
-pub(crate) mod validate;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use explain::Setting;
+pub use loader::{ConfigLoader, Setting};
 pub use migrations::{BootstrapConfig, MigrationsConfig};
 pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};
 pub use postgres::{PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod};
@@ -43,13 +38,15 @@ pub use secret::{DatabaseUrl, REDACTED, Secret, redact_url};
 
 #[cfg(feature = "migrate")]
 pub(crate) use migrations::check_identifier;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::parse_driver_config;
 pub(crate) use secret::scrub;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Problems, Result, positive};
+// upward import: the `[retry]` section is the start-up retry policy itself;
+// `retry` depends on nothing but the error layer, so this makes no circle.
 use crate::retry::RetryPolicy;
-use env::EnvLayer;
 use url::ConnectionString;
-use validate::{Problems, positive};
 
 /// The default configuration file, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "dbmanager.toml";
@@ -58,6 +55,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "dbmanager.toml";
 /// partial file or a few variables are enough.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// PostgreSQL (`[postgres]`).
     pub postgres: PostgresConfig,
@@ -78,6 +76,7 @@ pub struct Config {
 /// Health probe settings (`[health]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HealthConfig {
     /// How long one probe (a `SELECT 1` or a `ping`) may take before the
     /// component is reported down. Default: 2 s, well inside a Kubernetes
@@ -97,6 +96,7 @@ impl Default for HealthConfig {
 /// Graceful shutdown settings (`[shutdown]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ShutdownConfig {
     /// How long [`crate::DatabaseManager::shutdown`] waits for checked-out
     /// connections and in-flight operations before closing them. Default:
@@ -132,19 +132,6 @@ impl Config {
         ConfigLoader::new()
     }
 
-    /// Extracts and validates a configuration from any figment, for custom
-    /// layering. Start from [`ConfigLoader::figment`] to keep the standard
-    /// layers.
-    ///
-    /// # Errors
-    ///
-    /// As [`Config::load`].
-    pub fn from_figment(figment: &Figment) -> Result<Config> {
-        let config: Config = figment.extract().map_err(from_figment_error)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks every value and how they fit together.
     ///
     /// # Errors
@@ -176,7 +163,7 @@ impl Config {
     pub fn for_tests(&self) -> Result<Config> {
         if !self.postgres.is_configured() && !self.mongodb.is_configured() {
             return Err(Error::NotConfigured {
-                backend: crate::Backend::Postgres,
+                backend: crate::error::Backend::Postgres,
                 hint: "DATABASE_URL or TEST_DATABASE_URL",
             });
         }
@@ -244,232 +231,4 @@ fn same_database(a: &ConnectionString, b: &ConnectionString) -> bool {
     };
     normalize(a.hosts()) == normalize(b.hosts())
         && a.database().or_else(|| a.user()) == b.database().or_else(|| b.user())
-}
-
-/// Where the configuration layers come from; [`Config::load`] uses the
-/// defaults.
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct ConfigLoader {
-    file: Option<PathBuf>,
-    dotenv: Option<Option<PathBuf>>,
-    env: Option<Vec<(String, String)>>,
-}
-
-impl ConfigLoader {
-    /// The standard layers.
-    pub fn new() -> Self {
-        ConfigLoader::default()
-    }
-
-    /// Read this TOML file; it must exist. Default: `$DBMANAGER_CONFIG`
-    /// (must exist) or `dbmanager.toml` (optional).
-    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.file = Some(path.into());
-        self
-    }
-
-    /// Read this `.env` file (optional). Default: `.env`.
-    pub fn dotenv(mut self, path: impl Into<PathBuf>) -> Self {
-        self.dotenv = Some(Some(path.into()));
-        self
-    }
-
-    /// Read no `.env` file.
-    pub fn no_dotenv(mut self) -> Self {
-        self.dotenv = Some(None);
-        self
-    }
-
-    /// Use these variables instead of the process environment. Default: the
-    /// process environment.
-    pub fn env_vars<K: Into<String>, V: Into<String>>(
-        mut self,
-        vars: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        self.env = Some(
-            vars.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
-        self
-    }
-
-    fn env_var(&self, name: &str) -> Option<String> {
-        match &self.env {
-            Some(vars) => vars
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone()),
-            None => std::env::var(name).ok(),
-        }
-        .filter(|v| !v.is_empty())
-    }
-
-    /// The TOML file to read and whether it must exist.
-    fn config_file(&self) -> (PathBuf, bool) {
-        match (&self.file, self.env_var(env::CONFIG_FILE_VAR)) {
-            (Some(path), _) => (path.clone(), true),
-            (None, Some(path)) => (PathBuf::from(path), true),
-            (None, None) => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
-        }
-    }
-
-    fn env_layers(&self) -> Result<(EnvLayer, EnvLayer)> {
-        let dotenv = match &self.dotenv {
-            None => EnvLayer::dotenv(Path::new(".env"))?,
-            Some(Some(path)) => EnvLayer::dotenv(path)?,
-            Some(None) => EnvLayer::empty(),
-        };
-        let process = match &self.env {
-            Some(vars) => EnvLayer::from_vars("environment", vars.clone(), &dotenv),
-            None => EnvLayer::process(&dotenv),
-        };
-        dotenv.check()?;
-        process.check()?;
-        Ok((dotenv, process))
-    }
-
-    /// The layered figment, before extraction: defaults, file, `.env`,
-    /// environment.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::ConfigFile`] for a named file that does not exist or a
-    /// `.env` that cannot be parsed; [`Error::Config`] for a bad well-known
-    /// variable (`DB_POOL_SIZE=abc`).
-    pub fn figment(&self) -> Result<Figment> {
-        let (file, must_exist) = self.config_file();
-        if must_exist && !file.is_file() {
-            return Err(Error::ConfigFile {
-                path: file,
-                problem: "does not exist (named by DBMANAGER_CONFIG or --config)".into(),
-            });
-        }
-        let (dotenv, process) = self.env_layers()?;
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if file.exists() {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        Ok(figment.merge(dotenv).merge(process))
-    }
-
-    /// Loads and validates the configuration.
-    ///
-    /// # Errors
-    ///
-    /// As [`Config::load`].
-    pub fn load(&self) -> Result<Config> {
-        Config::from_figment(&self.figment()?)
-    }
-
-    /// Every effective setting with the layer it came from, secrets
-    /// redacted; what `dbmanager config show` prints.
-    ///
-    /// # Errors
-    ///
-    /// As [`Config::load`].
-    pub fn explain(&self) -> Result<Vec<Setting>> {
-        let figment = self.figment()?;
-        let config = Config::from_figment(&figment)?;
-        explain::settings(&figment, &config)
-    }
-}
-
-/// Turns figment's error into ours: the key as a dotted path (or the file),
-/// where it came from, and no secret value.
-fn from_figment_error(error: figment::Error) -> Error {
-    let error = error
-        .into_iter()
-        .next()
-        .expect("a figment error holds at least one error");
-    let key = error.path.join(".");
-    let file = error
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .and_then(|s| s.file_path())
-        .map(Path::to_path_buf);
-    let secret_key = key.contains("url") || key.contains("password");
-    let mut problem = match &error.kind {
-        figment::error::Kind::InvalidType(_, expected)
-        | figment::error::Kind::InvalidValue(_, expected)
-            if secret_key =>
-        {
-            format!("has an invalid value; expected {expected}")
-        }
-        figment::error::Kind::UnknownField(field, _) => {
-            let full = if key.is_empty() {
-                field.clone()
-            } else if key == *field || key.ends_with(&format!(".{field}")) {
-                key.clone()
-            } else {
-                format!("{key}.{field}")
-            };
-            return Error::config(full, unknown_field_problem(&error));
-        }
-        kind => kind.to_string(),
-    };
-    if key.is_empty() {
-        if let Some(path) = file {
-            return Error::ConfigFile {
-                path,
-                problem: one_line(&problem),
-            };
-        }
-        return Error::config("(configuration)", problem);
-    }
-    if let Some(metadata) = &error.metadata {
-        let profile = error.profile.clone().unwrap_or_default();
-        let parts: Vec<&str> = error.path.iter().map(String::as_str).collect();
-        match &file {
-            Some(path) => problem.push_str(&format!(" (in {})", path.display())),
-            None => problem.push_str(&format!(
-                " (from {} {})",
-                metadata.name,
-                metadata.interpolate(&profile, &parts)
-            )),
-        }
-    }
-    Error::config(key, problem)
-}
-
-/// Parser messages draw the offending line with a caret; keep the words
-/// only, so the error stays one line (and shows no value from the file).
-fn one_line(message: &str) -> String {
-    let is_drawing = |line: &str| {
-        line.starts_with('|')
-            || line
-                .split_once(" |")
-                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
-    };
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !is_drawing(l))
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-fn unknown_field_problem(error: &figment::Error) -> String {
-    let profile = error.profile.clone().unwrap_or_default();
-    let parts: Vec<&str> = error.path.iter().map(String::as_str).collect();
-    let origin = error
-        .metadata
-        .as_ref()
-        .map(|m| match m.source.as_ref().and_then(|s| s.file_path()) {
-            Some(path) => format!(" in {}", path.display()),
-            None => format!(" (from {} {})", m.name, m.interpolate(&profile, &parts)),
-        })
-        .unwrap_or_default();
-    match &error.kind {
-        figment::error::Kind::UnknownField(_, expected) if !expected.is_empty() => {
-            format!(
-                "is not a known setting{origin}; expected one of {}",
-                expected.join(", ")
-            )
-        }
-        _ => format!("is not a known setting{origin}"),
-    }
 }

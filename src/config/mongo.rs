@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::DatabaseUrl;
 use super::url::ConnectionString;
-use super::validate::{Problems, positive, positive_opt};
+use crate::error::{Problems, positive, positive_opt};
 
 /// MongoDB settings (`[mongodb]`).
 ///
@@ -16,6 +16,7 @@ use super::validate::{Problems, positive, positive_opt};
 /// parts, by `DBMANAGER_MONGODB__URL`, or in code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MongoConfig {
     /// Connection string (`mongodb://user:password@host:27017/?authSource=admin`
     /// or `mongodb+srv://...`). Default: none (not configured).
@@ -69,6 +70,7 @@ impl Default for MongoConfig {
 /// `tls=...` options in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MongoTlsConfig {
     /// Use TLS. Default: as the URL says (`tls=true`, `mongodb+srv`).
     pub enabled: Option<bool>,
@@ -83,6 +85,7 @@ pub struct MongoTlsConfig {
 /// MongoDB pool settings (`[mongodb.pool]`), per server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MongoPoolConfig {
     /// Connections opened before an eager `build()` returns and kept by the
     /// driver. Default: 5.

@@ -1,12 +1,18 @@
 //! PostgreSQL settings: where to connect, session settings, and the pool.
 
+#[cfg(feature = "postgres")]
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::secret::DatabaseUrl;
+#[cfg(feature = "postgres")]
+use super::secret::scrub;
 use super::url::ConnectionString;
-use super::validate::{Problems, positive, positive_opt};
+#[cfg(feature = "postgres")]
+use crate::error::describe_postgres;
+use crate::error::{Problems, positive, positive_opt};
 
 /// PostgreSQL settings (`[postgres]`).
 ///
@@ -16,6 +22,7 @@ use super::validate::{Problems, positive, positive_opt};
 /// returns [`crate::Error::NotConfigured`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PostgresConfig {
     /// Connection URL (`postgres://user:password@host:5432/db?sslmode=...`)
     /// or libpq key/value string. Default: none (not configured).
@@ -68,6 +75,7 @@ impl Default for PostgresConfig {
 /// How a pooled connection is checked before it is handed out again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum RecyclingMethod {
     /// Check that the connection is not closed (free); verify it with an
     /// empty round trip only when it sat idle longer than
@@ -89,6 +97,7 @@ pub enum RecyclingMethod {
 /// In which order idle connections are handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum QueueMode {
     /// Most recently returned first: a few hot connections serve a light
     /// load, so surplus ones go idle and are reaped by `idle_timeout`.
@@ -101,6 +110,7 @@ pub enum QueueMode {
 /// PostgreSQL pool settings (`[postgres.pool]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PostgresPoolConfig {
     /// The most connections the pool opens. Default: 16. `DB_POOL_SIZE` +
     /// `DB_MAX_OVERFLOW` set it the way SQLAlchemy users know.
@@ -231,16 +241,16 @@ impl PostgresPoolConfig {
                 ),
             );
         }
-        if let Some(max_idle) = self.max_idle {
-            if max_idle < self.min_idle {
-                p.push(
-                    "postgres.pool.max_idle",
-                    format!(
-                        "is {max_idle} but min_idle is {}: max_idle must be at least min_idle",
-                        self.min_idle
-                    ),
-                );
-            }
+        if let Some(max_idle) = self.max_idle
+            && max_idle < self.min_idle
+        {
+            p.push(
+                "postgres.pool.max_idle",
+                format!(
+                    "is {max_idle} but min_idle is {}: max_idle must be at least min_idle",
+                    self.min_idle
+                ),
+            );
         }
         positive("postgres.pool.wait_timeout", self.wait_timeout, p);
         positive("postgres.pool.connect_timeout", self.connect_timeout, p);
@@ -263,10 +273,10 @@ impl PostgresPoolConfig {
             self.maintenance_interval,
             p,
         );
-        if let RecyclingMethod::Custom(sql) = &self.recycling {
-            if sql.trim().is_empty() {
-                p.push("postgres.pool.recycling", "custom recycling SQL is empty");
-            }
+        if let RecyclingMethod::Custom(sql) = &self.recycling
+            && sql.trim().is_empty()
+        {
+            p.push("postgres.pool.recycling", "custom recycling SQL is empty");
         }
     }
 }
@@ -281,16 +291,17 @@ fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
             );
         }
     };
-    if let ConnectionString::Url(parts) = &parsed {
-        if parts.scheme != "postgres" && parts.scheme != "postgresql" {
-            return p.push(
-                key,
-                format!(
-                    "has scheme `{}`; expected `postgres://` or `postgresql://`",
-                    parts.scheme
-                ),
-            );
-        }
+    if let ConnectionString::Url(parts) = &parsed
+        && parts.scheme != "postgres"
+        && parts.scheme != "postgresql"
+    {
+        return p.push(
+            key,
+            format!(
+                "has scheme `{}`; expected `postgres://` or `postgresql://`",
+                parts.scheme
+            ),
+        );
     }
     if let Some(mode) = parsed.param("sslmode") {
         match SSLMODES.iter().find(|(name, _)| *name == mode) {
@@ -310,7 +321,32 @@ fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
         }
     }
     #[cfg(feature = "postgres")]
-    if let Err(error) = crate::postgres::parse_config(url) {
+    if let Err(error) = parse_driver_config(url) {
         p.push(key, error);
     }
+}
+
+/// URL parameters handled by dbmanager's TLS connector rather than by
+/// tokio-postgres, which knows only `disable`, `prefer` and `require` and no
+/// CA files; they are taken out before the driver parses the URL.
+#[cfg(feature = "tls")]
+const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
+
+/// Parses a URL or key/value string with tokio-postgres, describing a
+/// failure without the secret.
+#[cfg(feature = "postgres")]
+pub(crate) fn parse_driver_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, String> {
+    let secrets: Vec<String> = url.password().into_iter().collect();
+    #[cfg(feature = "tls")]
+    let text = ConnectionString::parse(url.expose())
+        .map(|c| c.without_params(TLS_PARAMS))
+        .unwrap_or_else(|_| url.expose().to_string());
+    #[cfg(not(feature = "tls"))]
+    let text = url.expose().to_string();
+    tokio_postgres::Config::from_str(&text).map_err(|e| {
+        format!(
+            "is not accepted by the PostgreSQL driver: {}",
+            scrub(&describe_postgres(&e), &secrets)
+        )
+    })
 }

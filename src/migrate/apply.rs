@@ -8,12 +8,12 @@ use tokio_postgres::error::ErrorPosition;
 
 use super::error::MigrateError;
 use super::history::HistoryTable;
+use super::migration::{Migration, NO_TRANSACTION_DIRECTIVE, Script};
 use super::report::Direction;
-use super::source::{Migration, NO_TRANSACTION_DIRECTIVE, Script};
 use super::split::Statement;
 use crate::config::scrub;
+use crate::error::describe_postgres;
 use crate::error::{Error, Result};
-use crate::postgres::describe_error;
 
 /// How much of a failing statement an error shows.
 const EXCERPT_CHARS: usize = 160;
@@ -89,16 +89,16 @@ pub(crate) async fn run(
             error,
         ));
     }
-    if script.transactional {
-        if let Err(error) = client.batch_execute("COMMIT").await {
-            let commit = Statement {
-                sql: "COMMIT (deferred constraints are checked here)".into(),
-                line: script.statements.last().map_or(1, |s| s.line),
-                words: Vec::new(),
-            };
-            let number = script.statements.len() + 1;
-            return Err(statement_error(script, number, &commit, &error, secrets).into());
-        }
+    if script.transactional
+        && let Err(error) = client.batch_execute("COMMIT").await
+    {
+        let commit = Statement {
+            sql: "COMMIT (deferred constraints are checked here)".into(),
+            line: script.statements.last().map_or(1, |s| s.line),
+            words: Vec::new(),
+        };
+        let number = script.statements.len() + 1;
+        return Err(statement_error(script, number, &commit, &error, secrets).into());
     }
     Ok(took)
 }
@@ -148,7 +148,7 @@ fn statement_error(
     secrets: &[String],
 ) -> MigrateError {
     let code = error.code().map(|c| c.code().to_string());
-    let mut reason = scrub(&describe_error(error), secrets);
+    let mut reason = scrub(&describe_postgres(error), secrets);
     if script.transactional && code.as_deref() == Some("25001") {
         reason.push_str(&format!(
             "; put `{NO_TRANSACTION_DIRECTIVE}` on the first line to run this migration outside a transaction"

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::admin::{Server, create_database, ensure_extension};
 use super::report::MigrateReport;
 use super::source::Migrations;
+use crate::admin::{Server, create_database, ensure_extension};
 use crate::config::Config;
 use crate::error::{Backend, Error, FailureKind, Result};
 use crate::manager::DatabaseManager;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_postgres::Client;
 
-use super::admin::quote_ident;
+use crate::admin::quote_ident;
 use crate::config::check_identifier;
 use crate::error::{Error, Result};
 

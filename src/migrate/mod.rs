@@ -45,25 +45,25 @@
 //! See `docs/migrations.md` for the file format, the lock, checksums and a
 //! table of Alembic commands and their equivalents.
 
-pub(crate) mod admin;
 mod apply;
 mod bootstrap;
-mod drop;
 mod error;
 mod history;
 mod lock;
+mod migration;
 mod migrator;
+mod repair;
 mod report;
 mod source;
 mod split;
 mod status;
 
 pub use bootstrap::{Bootstrap, BootstrapReport, DatabaseBootstrap};
-pub use drop::{drop_configured_database, looks_like_test_database};
 pub use error::MigrateError;
+pub use migration::{Migration, NO_TRANSACTION_DIRECTIVE};
 pub use migrator::Migrator;
 pub use report::{Direction, MigrateReport, MigrationRun, RepairReport};
-pub use source::{Migration, Migrations, NO_TRANSACTION_DIRECTIVE};
+pub use source::Migrations;
 pub use status::{MigrationState, MigrationStatus, StatusReport};
 
 #[cfg(feature = "testing")]

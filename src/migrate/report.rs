@@ -7,6 +7,7 @@ use serde::Serialize;
 /// Which way a run went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Direction {
     /// Applying up migrations.
     Up,

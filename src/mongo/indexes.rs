@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(by_email.index_name(), "email_1");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct IndexSpec {
     /// Keys in order, `1` / `-1` / `"text"` / `"2dsphere"` ...
     pub keys: Document,
@@ -141,6 +142,7 @@ impl CollectionIndexes {
 
 /// An index by collection and name.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct IndexRef {
     /// The collection.
     pub collection: String,
@@ -150,6 +152,7 @@ pub struct IndexRef {
 
 /// What [`MongoHandle::ensure_indexes`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct IndexReport {
     /// Indexes created by this call.
     pub created: Vec<IndexRef>,

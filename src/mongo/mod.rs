@@ -17,9 +17,9 @@ use mongodb::{Client, Database};
 pub use indexes::{CollectionIndexes, IndexRef, IndexReport, IndexSpec};
 
 use crate::config::{MongoConfig, scrub, url::ConnectionString};
+use crate::error::classify_mongo;
 use crate::error::{Backend, Error, Result};
 use crate::pool_status::PoolStatus;
-use crate::retry::classify_mongo;
 use events::PoolEvents;
 
 /// How long closing the client (ending server sessions, closing sockets) may
@@ -201,17 +201,17 @@ impl MongoHandle {
         let started = Instant::now();
         let admin = self.client.database("admin");
         let mut result = admin.run_command(doc! { "ping": 1 }).await;
-        if let Err(e) = &result {
-            if matches!(
+        if let Err(e) = &result
+            && matches!(
                 e.kind.as_ref(),
                 mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
-            ) {
-                // The driver's background task filling the pool to min_size
-                // failed first (a wrong password, say) and cleared the pool
-                // under this ping. Asking again at once shows the cause
-                // itself, so a permanent failure is not retried as a reset.
-                result = admin.run_command(doc! { "ping": 1 }).await;
-            }
+            )
+        {
+            // The driver's background task filling the pool to min_size
+            // failed first (a wrong password, say) and cleared the pool
+            // under this ping. Asking again at once shows the cause
+            // itself, so a permanent failure is not retried as a reset.
+            result = admin.run_command(doc! { "ping": 1 }).await;
         }
         result
             .map(|_| ())

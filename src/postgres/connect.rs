@@ -1,12 +1,10 @@
 //! From [`PostgresConfig`] to a `tokio_postgres::Config`, and from a failed
 //! connect to a typed, redacted [`Error::Connect`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{DatabaseUrl, PostgresConfig, scrub};
-use crate::error::{Backend, Error, FailureKind};
-use crate::retry::classify_postgres;
+use crate::config::{DatabaseUrl, PostgresConfig, parse_driver_config, scrub};
+use crate::error::{Backend, Error, FailureKind, classify_postgres, describe_postgres};
 
 /// The TLS connector connections are made with: rustls (feature `tls`),
 /// or none.
@@ -17,34 +15,11 @@ pub(crate) type Connector = super::tls::PgTls;
 #[cfg(not(feature = "tls"))]
 pub(crate) type Connector = tokio_postgres::NoTls;
 
-/// URL parameters handled here rather than by tokio-postgres, which knows
-/// only `disable`, `prefer` and `require` and no CA files.
-#[cfg(feature = "tls")]
-const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
-
 /// What a connection needs: the driver configuration and the TLS connector.
 #[derive(Clone)]
 pub(crate) struct Driver {
     pub config: tokio_postgres::Config,
     pub tls: Connector,
-}
-
-/// Parses a URL or key/value string with tokio-postgres, describing a
-/// failure without the secret.
-pub(crate) fn parse_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, String> {
-    let secrets: Vec<String> = url.password().into_iter().collect();
-    #[cfg(feature = "tls")]
-    let text = crate::config::url::ConnectionString::parse(url.expose())
-        .map(|c| c.without_params(TLS_PARAMS))
-        .unwrap_or_else(|_| url.expose().to_string());
-    #[cfg(not(feature = "tls"))]
-    let text = url.expose().to_string();
-    tokio_postgres::Config::from_str(&text).map_err(|e| {
-        format!(
-            "is not accepted by the PostgreSQL driver: {}",
-            scrub(&describe_error(&e), &secrets)
-        )
-    })
 }
 
 /// The TLS side of a URL: tokio-postgres' mode and our connector.
@@ -73,7 +48,8 @@ fn tls_settings(url: &DatabaseUrl) -> Result<(tokio_postgres::config::SslMode, C
 /// keepalives and timeouts of `[postgres]`. Session settings travel in the
 /// startup packet (`options=-c ...`), so they cost no round trip.
 pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Result<Driver, Error> {
-    let mut pg = parse_config(url).map_err(|problem| Error::config("postgres.url", problem))?;
+    let mut pg =
+        parse_driver_config(url).map_err(|problem| Error::config("postgres.url", problem))?;
     #[cfg(feature = "tls")]
     let tls = {
         let (mode, tls) =
@@ -111,38 +87,6 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     Ok(Driver { config: pg, tls })
 }
 
-/// A readable, complete description of a tokio-postgres error: the
-/// server's message and SQLSTATE for database errors, the whole cause chain
-/// otherwise (tokio-postgres' own `Display` shows only "db error").
-pub fn describe_error(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        let mut out = format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        );
-        if let Some(detail) = db.detail() {
-            out.push_str(&format!("; detail: {detail}"));
-        }
-        if let Some(hint) = db.hint() {
-            out.push_str(&format!("; hint: {hint}"));
-        }
-        return out;
-    }
-    let mut out = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
-
 /// A failed connection attempt as [`Error::Connect`] (one attempt; the
 /// retry loop fills in the totals).
 pub(crate) fn connect_error(
@@ -156,7 +100,7 @@ pub(crate) fn connect_error(
         backend: Backend::Postgres,
         target: target.to_string(),
         kind,
-        reason: scrub(&describe_error(error), secrets),
+        reason: scrub(&describe_postgres(error), secrets),
         code: error.code().map(|c| c.code().to_string()),
         attempts: 1,
         elapsed: Duration::ZERO,

@@ -11,7 +11,7 @@ use deadpool::managed::Object;
 use deadpool_postgres::ClientWrapper;
 use tokio::task::JoinHandle;
 
-use super::manager::PgManager;
+use super::recycler::PgManager;
 use super::shared::Shared;
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
@@ -182,12 +182,13 @@ impl Drop for PooledConnection {
         let object = self.object.as_mut().expect("checked above");
         object.last_released = now;
         let shared = &object.shared;
-        if let Some(hook) = &shared.hooks.on_checkin {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                // The hook is async; the connection goes back once it is done.
-                let hook = hook.clone();
-                let object = self.object.take().expect("checked above");
-                runtime.spawn(async move {
+        if let Some(hook) = &shared.hooks.on_checkin
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The hook is async; the connection goes back once it is done.
+            let hook = hook.clone();
+            let object = self.object.take().expect("checked above");
+            runtime.spawn(async move {
                     if let Err(e) = hook.call(&object.client).await {
                         tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkin hook failed; closing the connection");
                         object.shared.closed(CloseReason::Hook, 1);
@@ -196,13 +197,12 @@ impl Drop for PooledConnection {
                         return_or_close(object);
                     }
                 });
-                return;
-            }
+            return;
         }
-        if shared.settings.max_idle.is_some() {
-            if let Some(object) = self.object.take() {
-                return_or_close(object);
-            }
+        if shared.settings.max_idle.is_some()
+            && let Some(object) = self.object.take()
+        {
+            return_or_close(object);
         }
         // Otherwise the object goes back to the pool when the field drops,
         // right after this: not moving it out saves copying it.
@@ -212,12 +212,11 @@ impl Drop for PooledConnection {
 /// Returns a connection to the pool, or closes it when the pool already
 /// keeps `max_idle` idle connections (SQLAlchemy's overflow behaviour).
 fn return_or_close(object: Object<PgManager>) {
-    if let Some(max_idle) = object.shared.settings.max_idle {
-        if let Some(pool) = Object::pool(&object) {
-            if pool.status().available >= max_idle {
-                object.shared.closed(CloseReason::Excess, 1);
-                drop(Object::take(object));
-            }
-        }
+    if let Some(max_idle) = object.shared.settings.max_idle
+        && let Some(pool) = Object::pool(&object)
+        && pool.status().available >= max_idle
+    {
+        object.shared.closed(CloseReason::Excess, 1);
+        drop(Object::take(object));
     }
 }

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 
-use super::manager::{PgManager, idle_for};
+use super::recycler::{PgManager, idle_for};
 use super::shared::Shared;
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};

@@ -5,20 +5,19 @@ mod connect;
 mod connection;
 mod hooks;
 mod maintenance;
-mod manager;
 mod pool;
 mod probe;
+mod recycler;
 mod shared;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use connect::describe_error;
+pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
 pub use deadpool_postgres::{ClientWrapper, Transaction};
 pub use hooks::{Hook, HookFuture};
 pub use pool::{PoolStats, PostgresPool};
 
-pub(crate) use connect::parse_config;
 #[cfg(feature = "migrate")]
 pub(crate) use connect::{Connector, connect_error, driver_config};
 pub(crate) use hooks::Hooks;

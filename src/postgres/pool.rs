@@ -14,7 +14,7 @@ use super::connect::{create_timeout, driver_config};
 use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
-use super::manager::{Checked, PgManager, check_out};
+use super::recycler::{Checked, PgManager, check_out};
 use super::shared::Shared;
 use crate::config::{PostgresConfig, QueueMode, url::ConnectionString};
 use crate::error::{Backend, Error, Result};

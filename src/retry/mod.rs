@@ -14,17 +14,14 @@ use std::time::{Duration, Instant};
 use backon::Retryable;
 use serde::{Deserialize, Serialize};
 
-use crate::config::validate::{Problems, positive, positive_opt};
+use crate::error::{Problems, positive, positive_opt};
 
 pub use classify::Transient;
-#[cfg(feature = "mongodb")]
-pub(crate) use classify::classify_mongo;
-#[cfg(feature = "postgres")]
-pub(crate) use classify::classify_postgres;
 
 /// How much randomness is mixed into each wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Jitter {
     /// Wait exactly the computed delay.
     None,
@@ -63,6 +60,7 @@ pub enum Jitter {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// The wait before the first retry. Default: 250 ms.
     #[serde(with = "humantime_serde")]

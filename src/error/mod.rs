@@ -1,0 +1,291 @@
+//! The crate's one error type.
+//!
+//! Every variant carries what is needed to act on it (which key, which
+//! database, how long it waited, what the pool looked like) and nothing
+//! secret: connection targets are shown without their password, and server
+//! messages are checked for the configured password before they are kept.
+
+mod classify;
+mod kind;
+mod problems;
+
+use std::time::Duration;
+
+pub(crate) use classify::classify_io;
+#[cfg(feature = "mongodb")]
+pub(crate) use classify::classify_mongo;
+#[cfg(feature = "postgres")]
+pub(crate) use classify::classify_postgres;
+#[cfg(feature = "postgres")]
+pub use classify::describe_postgres;
+pub use kind::{Backend, FailureKind};
+pub(crate) use problems::{Problems, positive, positive_opt};
+
+use crate::pool_status::PoolStatus;
+
+/// A `Result` with [`Error`] as its error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from user code run by the crate (hooks, closures), boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in `dbmanager`.
+///
+/// Errors never contain a password: connection targets are rendered without
+/// credentials and messages are scrubbed of the configured secrets. Each
+/// variant's message is complete on its own; where a lower-level error is
+/// kept, it is reachable through an accessor rather than repeated in
+/// [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is missing, malformed or inconsistent.
+    #[error("invalid configuration `{key}`: {problem}")]
+    Config {
+        /// The setting, as a dotted path (`postgres.pool.max_size`) or an
+        /// environment variable name (`DB_POOL_SIZE`).
+        key: String,
+        /// What is wrong with its value. Never contains the value when the
+        /// value is a secret.
+        problem: String,
+    },
+
+    /// A configuration file exists but could not be read or parsed.
+    #[error("configuration file {path}: {problem}")]
+    ConfigFile {
+        /// The file that failed.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        problem: String,
+    },
+
+    /// The database was not configured (no URL for it).
+    #[error("{backend} is not configured: set {hint}")]
+    NotConfigured {
+        /// The database that was asked for.
+        backend: Backend,
+        /// Which settings configure it.
+        hint: &'static str,
+    },
+
+    /// Connecting failed; `attempts` tells how many tries the retry policy
+    /// made before giving up (1 for a permanent error).
+    #[error(
+        "could not connect to {backend} at {target} ({kind}{}): {reason}",
+        attempts_note(*attempts, *elapsed)
+    )]
+    Connect {
+        /// The database.
+        backend: Backend,
+        /// Where it tried to connect, without credentials.
+        target: String,
+        /// The classification of the last failure.
+        kind: FailureKind,
+        /// The server's or the driver's message for the last failure.
+        reason: String,
+        /// The SQLSTATE of the last failure, when the server sent one.
+        code: Option<String>,
+        /// How many attempts were made.
+        attempts: u32,
+        /// How long all attempts took together.
+        elapsed: Duration,
+    },
+
+    /// No connection became free within the pool's wait timeout.
+    ///
+    /// `status` is the pool at the moment of the timeout: `in_use == max_size`
+    /// with many `waiting` says the pool is too small or connections leak;
+    /// `open < max_size` says new connections could not be opened.
+    #[error("timed out after {waited:?} waiting for a {backend} connection (pool: {status})")]
+    PoolTimeout {
+        /// The database.
+        backend: Backend,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The pool when the wait ended.
+        status: PoolStatus,
+    },
+
+    /// The manager is shutting down or has shut down; no new work is taken.
+    #[error("{backend} is shutting down: no new connections are handed out")]
+    ShuttingDown {
+        /// The database.
+        backend: Backend,
+    },
+
+    /// The background connect of `build_in_background` gave up.
+    #[error("start-up connect failed: {reason}")]
+    Startup {
+        /// The last error, without secrets.
+        reason: String,
+    },
+
+    /// An operation did not finish within its time limit.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        what: &'static str,
+        /// The limit that was reached.
+        after: Duration,
+    },
+
+    /// A user hook (`on_connect`, `on_checkout`, ...) returned an error.
+    #[error("{hook} hook failed: {reason}")]
+    Hook {
+        /// Which hook.
+        hook: &'static str,
+        /// The hook's error message.
+        reason: String,
+    },
+
+    /// A statement sent by the crate (health probe, migration, bootstrap)
+    /// failed on the PostgreSQL server.
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL {what} failed: {}", describe_postgres(error))]
+    Postgres {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error, also reachable through
+        /// [`Error::postgres_error`]. Its message is already in this
+        /// error's, so it is not repeated as the `source()`.
+        error: tokio_postgres::Error,
+    },
+
+    /// The MongoDB driver reported an error for an operation of the crate.
+    #[cfg(feature = "mongodb")]
+    #[error("MongoDB {what} failed: {error}")]
+    Mongo {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error; its message is already in this error's.
+        error: Box<mongodb::error::Error>,
+    },
+
+    /// An index exists with the same name but a different definition.
+    #[cfg(feature = "mongodb")]
+    #[error(
+        "index `{name}` on collection `{collection}` exists with a different definition: existing {existing}, wanted {wanted}"
+    )]
+    IndexConflict {
+        /// The collection.
+        collection: String,
+        /// The index name.
+        name: String,
+        /// The existing definition (keys and options, as JSON).
+        existing: String,
+        /// The declared definition.
+        wanted: String,
+    },
+
+    /// A migration problem: a bad migration source, a history that does not
+    /// match the files, or a failed migration.
+    // upward import: the migration error is a leaf (it imports nothing of
+    // the crate), so wrapping it here makes no circle; it lives beside the
+    // migrations it describes.
+    #[cfg(feature = "migrate")]
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+
+    /// The connected role lacks a privilege an operation needs.
+    #[error("insufficient privilege to {action}: {reason}")]
+    Privilege {
+        /// What was attempted (`create database "app"`).
+        action: String,
+        /// The server's message.
+        reason: String,
+    },
+}
+
+/// ", 6 attempts in 2.0s" when the retry made more than one attempt.
+fn attempts_note(attempts: u32, elapsed: Duration) -> String {
+    if attempts > 1 {
+        format!(", {attempts} attempts in {elapsed:.1?}")
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<tokio_postgres::Error> for Error {
+    /// Wraps a query error, so `?` works in functions returning
+    /// [`crate::Result`].
+    fn from(error: tokio_postgres::Error) -> Self {
+        Error::Postgres {
+            what: "query",
+            error,
+        }
+    }
+}
+
+#[cfg(feature = "mongodb")]
+impl From<mongodb::error::Error> for Error {
+    /// Wraps a driver error, so `?` works in functions returning
+    /// [`crate::Result`].
+    fn from(error: mongodb::error::Error) -> Self {
+        Error::mongo("operation", error)
+    }
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    ///
+    /// This is the classification [`crate::retry::retry`] and the start-up
+    /// connect use: refused or reset connections, timeouts, a server that is
+    /// starting (57P03), out of connection slots (53300), shutting down
+    /// (57P01) or any connection exception (class 08) are transient; bad
+    /// credentials, an unknown database, TLS and configuration errors are
+    /// not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { kind, .. } => kind.is_transient(),
+            Error::PoolTimeout { .. } | Error::Timeout { .. } => true,
+            #[cfg(feature = "postgres")]
+            Error::Postgres { error, .. } => classify_postgres(error).is_transient(),
+            #[cfg(feature = "mongodb")]
+            Error::Mongo { error, .. } => classify_mongo(error).is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE code of a PostgreSQL failure, when there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Connect { code, .. } => code.as_deref(),
+            #[cfg(feature = "postgres")]
+            Error::Postgres { error, .. } => error.code().map(|c| c.code()),
+            #[cfg(feature = "migrate")]
+            Error::Migrate(error) => error.sqlstate(),
+            _ => None,
+        }
+    }
+
+    /// The underlying tokio-postgres error, for callers that need its details
+    /// (position, constraint, ...).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Error::Postgres { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(what: &'static str, error: tokio_postgres::Error) -> Self {
+        Error::Postgres { what, error }
+    }
+
+    #[cfg(feature = "mongodb")]
+    pub(crate) fn mongo(what: &'static str, error: mongodb::error::Error) -> Self {
+        Error::Mongo {
+            what,
+            error: Box::new(error),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Opening and recycling PostgreSQL connections: the deadpool [`Manager`].
+//!
+//! Compared with deadpool-postgres' own manager it adds: the `on_connect`
+//! hook, a per-connection expiry (max lifetime with jitter), verification
+//! only after idling (`recycling = "auto"`), a forced-close signal for
+//! shutdown, and counters for every connection opened and closed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::ClientWrapper;
+
+use super::connect::{Driver, connect_error};
+use super::shared::{LiveConnection, Shared};
+use crate::config::RecyclingMethod;
+use crate::error::Error;
+use crate::metrics::CloseReason;
+
+/// What `RecyclingMethod::Clean` runs: resets session state but keeps
+/// prepared statements, so the statement cache stays valid.
+const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
+
+/// The largest share of `max_lifetime` taken off a connection's life, so
+/// connections opened together do not all expire together (HikariCP uses
+/// the same 2.5 %).
+const LIFETIME_JITTER: f64 = 0.025;
+
+/// A pooled connection: the client with its statement cache, and when it
+/// must be retired.
+///
+/// The pool holds it boxed ([`PgManager`]'s `Type`): deadpool moves its
+/// objects on every checkout and return, and a pointer is cheaper to move
+/// than the client (a few hundred bytes).
+pub(crate) struct PgConnection {
+    pub client: ClientWrapper,
+    /// When the connection has lived its `max_lifetime`.
+    pub expires_at: Option<Instant>,
+    /// When it was last returned to the pool (or opened).
+    pub last_released: Instant,
+    /// When opening it began: a checkout that opened it waited from here.
+    pub opening_began: Instant,
+    /// The pool's shared state, reached through the connection so that a
+    /// checkout does not clone an `Arc` (two contended atomic operations).
+    pub shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("client", &self.client)
+            .field("expires_at", &self.expires_at)
+            .field("last_released", &self.last_released)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConnection {
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+pub(crate) struct PgManager {
+    driver: Driver,
+    shared: Arc<Shared>,
+}
+
+impl PgManager {
+    pub fn new(driver: Driver, shared: Arc<Shared>) -> Self {
+        PgManager { driver, shared }
+    }
+
+    fn expiry(&self, opened: Instant) -> Option<Instant> {
+        self.shared.settings.max_lifetime.map(|lifetime| {
+            let jitter = lifetime.mul_f64(LIFETIME_JITTER * fastrand::f64());
+            opened + (lifetime - jitter)
+        })
+    }
+}
+
+impl Manager for PgManager {
+    type Type = Box<PgConnection>;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Box<PgConnection>, Error> {
+        let started = Instant::now();
+        // Boxed: the connect future is several kilobytes, and this future is
+        // part of every checkout's future (deadpool's `get` may create), so
+        // inline it would be copied on every checkout.
+        let (client, connection) = Box::pin(self.driver.config.connect(self.driver.tls.clone()))
+            .await
+            .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
+        let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
+        let id = live.id();
+        let task = tokio::spawn(async move {
+            let _live = live;
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
+            }
+        });
+        // A forced close at the end of a shutdown grace period aborts this
+        // task: the socket is dropped under whoever still holds the client.
+        self.shared.attach_task(id, task.abort_handle());
+        let client = ClientWrapper::new(client, task);
+        if let Some(hook) = &self.shared.hooks.on_connect
+            && let Err(e) = hook.call(&client).await
+        {
+            return Err(Error::Hook {
+                hook: "on_connect",
+                reason: crate::config::scrub(&e.to_string(), &self.shared.secrets),
+            });
+        }
+        let now = Instant::now();
+        self.shared.created(now - started);
+        tracing::debug!(target: "dbmanager::postgres", took_ms = (now - started).as_millis() as u64, "opened a connection");
+        Ok(Box::new(PgConnection {
+            client,
+            expires_at: self.expiry(started),
+            last_released: now,
+            opening_began: started,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    /// deadpool's check on checkout: only whether the socket is closed,
+    /// which costs nothing. The checks that need the time (max lifetime,
+    /// `recycling = "auto"`) run in [`check_out`] against deadpool's
+    /// checkout stamp, so a checkout reads no clock of its own; deadpool
+    /// sets no timer around this (the pool's recycle timeout is `None`).
+    async fn recycle(&self, conn: &mut Box<PgConnection>, _: &Metrics) -> RecycleResult<Error> {
+        if conn.client.is_closed() {
+            self.shared.closed(CloseReason::Broken, 1);
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
+
+/// What [`check_out`] decided about a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Hand it out; `verified` when a round trip proved it.
+    Usable { verified: bool },
+    /// Close it (counted) and take another.
+    Discard,
+}
+
+/// The checks on a pooled connection that is being handed out again, at
+/// `at` (deadpool's checkout stamp): past its max lifetime it is closed;
+/// otherwise `recycling` decides whether a round trip (timed by
+/// `recycle_timeout`) proves it first. A connection opened by this checkout
+/// is not checked.
+pub(crate) async fn check_out(conn: &mut PgConnection, reused: bool, at: Instant) -> Checked {
+    if !reused {
+        return Checked::Usable { verified: false };
+    }
+    let shared = &conn.shared;
+    if conn.is_expired(at) {
+        shared.closed(CloseReason::Lifetime, 1);
+        return Checked::Discard;
+    }
+    let settings = &shared.settings;
+    let query = match &settings.recycling {
+        RecyclingMethod::Fast => None,
+        RecyclingMethod::Auto => {
+            let idle = at.saturating_duration_since(conn.last_released);
+            (idle >= settings.verify_after_idle).then_some("")
+        }
+        RecyclingMethod::Verified => Some(""),
+        RecyclingMethod::Clean => Some(CLEAN_SQL),
+        RecyclingMethod::Custom(sql) => Some(sql.as_str()),
+    };
+    let Some(sql) = query else {
+        return Checked::Usable { verified: false };
+    };
+    // Boxed: kept out of the checkout future, which every checkout moves,
+    // when no check runs.
+    let check = Box::pin(conn.client.simple_query(sql));
+    match tokio::time::timeout(settings.recycle_timeout, check).await {
+        Ok(Ok(_)) => Checked::Usable { verified: true },
+        Ok(Err(e)) => {
+            tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
+            shared.closed(CloseReason::Broken, 1);
+            Checked::Discard
+        }
+        Err(_) => {
+            tracing::info!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+            shared.closed(CloseReason::Broken, 1);
+            Checked::Discard
+        }
+    }
+}
+
+/// How long a connection has been idle, for reaping.
+pub(crate) fn idle_for(conn: &PgConnection, now: Instant) -> Duration {
+    now.saturating_duration_since(conn.last_released)
+}

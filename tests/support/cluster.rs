@@ -1,0 +1,264 @@
+//! A PostgreSQL cluster owned by one test: initdb in a temporary folder,
+//! SCRAM passwords, fsync off, on a free port; stopped when dropped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::free_port;
+
+fn pg_bindir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+        .expect("PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/setup or install postgresql")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL cluster owned by one test: SCRAM passwords, fsync off, on a
+/// free port; stopped and removed when dropped.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub password: String,
+    bindir: PathBuf,
+    root: bool,
+}
+
+impl PgCluster {
+    /// Runs initdb; the server is not started.
+    pub fn init(password: &str) -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("dbmanager-pg-")
+            .tempdir()
+            .unwrap();
+        let root = is_root();
+        let bindir = pg_bindir();
+        if root {
+            let status = Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let pwfile = dir.path().join("pwfile");
+        std::fs::File::create(&pwfile)
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        if root {
+            Command::new("chown")
+                .arg("postgres")
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        let output = Self::command(root, &bindir.join("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-instructions",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::remove_file(&pwfile).unwrap();
+        PgCluster {
+            dir,
+            port: free_port(),
+            password: password.to_string(),
+            bindir,
+            root,
+        }
+    }
+
+    /// initdb and start.
+    pub fn start_new(password: &str) -> PgCluster {
+        let cluster = PgCluster::init(password);
+        cluster.start();
+        cluster
+    }
+
+    fn command(root: bool, program: &Path) -> Command {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let output = Self::command(self.root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl start failed: {}",
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn stop(&self) {
+        let _ = Self::command(self.root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output();
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// Turns TLS on (before `start`) with a fresh test CA and a server
+    /// certificate it signed for `localhost` only, and accepts only
+    /// encrypted connections. Returns the CA certificate's path.
+    pub fn enable_tls(&self) -> PathBuf {
+        let data = self.dir.path().join("data");
+        let dir = self.dir.path();
+        let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (cert, key, csr) = (
+            data.join("server.crt"),
+            data.join("server.key"),
+            dir.join("server.csr"),
+        );
+        let extensions = dir.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl is needed for the TLS tests");
+            assert!(
+                output.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        openssl(&[
+            &os("req"),
+            &os("-x509"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-days"),
+            &os("2"),
+            &os("-subj"),
+            &os("/CN=dbmanager test CA"),
+            &os("-keyout"),
+            ca_key.as_os_str(),
+            &os("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            &os("req"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os("/CN=localhost"),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-in"),
+            csr.as_os_str(),
+            &os("-CA"),
+            ca.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-CAcreateserial"),
+            &os("-days"),
+            &os("2"),
+            &os("-extfile"),
+            extensions.as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ]);
+        if self.root {
+            Command::new("chown")
+                .arg("postgres")
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .unwrap();
+        }
+        Command::new("chmod").arg("600").arg(&key).status().unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        ca
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Self::command(self.root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}

@@ -1,0 +1,61 @@
+//! TCP proxies between a client and a server, for faults the server
+//! itself cannot produce.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A TCP proxy in front of a server whose new connections can be made slow:
+/// each accepted connection waits `delay` before it reaches the server.
+/// Connections already through are not affected.
+pub struct SlowProxy {
+    pub port: u16,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> SlowProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::AcqRel);
+                let wait = Duration::from_millis(delay.load(Ordering::Acquire));
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        SlowProxy {
+            port,
+            delay_ms,
+            accepted,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Acquire)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Release);
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

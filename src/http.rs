@@ -66,7 +66,9 @@ async fn liveness(State(db): State<DatabaseManager>) -> (StatusCode, Json<Probe>
     }
 }
 
-async fn report(State(db): State<DatabaseManager>) -> (StatusCode, Json<crate::HealthReport>) {
+async fn report(
+    State(db): State<DatabaseManager>,
+) -> (StatusCode, Json<crate::health::HealthReport>) {
     let report = db.health().await;
     let draining = matches!(db.phase(), Phase::Draining | Phase::Closed);
     let code = if report.status == HealthStatus::Down || draining {

@@ -149,10 +149,10 @@ pub(crate) fn handler(events: Arc<PoolEvents>, max_size: usize) -> EventHandler<
     })
 }
 
-pub(crate) fn status(events: &PoolEvents, max_size: usize) -> crate::PoolStatus {
+pub(crate) fn status(events: &PoolEvents, max_size: usize) -> crate::pool_status::PoolStatus {
     let open = events.open();
     let in_use = events.in_use().min(open);
-    crate::PoolStatus {
+    crate::pool_status::PoolStatus {
         max_size,
         open,
         idle: open - in_use,

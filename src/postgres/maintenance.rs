@@ -124,7 +124,7 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
 }
 
 /// Samples the pool into the gauges.
-pub(crate) fn record_gauges(status: &crate::PoolStatus) {
+pub(crate) fn record_gauges(status: &crate::pool_status::PoolStatus) {
     metrics::pool_gauges(Backend::Postgres, status);
 }
 

@@ -156,7 +156,7 @@ impl RetryPolicy {
     /// # Errors
     ///
     /// [`crate::Error::Config`] naming the `retry.*` key at fault.
-    pub fn validate(&self) -> crate::Result<()> {
+    pub fn validate(&self) -> crate::error::Result<()> {
         let mut problems = Problems::default();
         self.check(&mut problems);
         problems.into_result()

@@ -6,6 +6,7 @@
 #[cfg(feature = "migrate")]
 pub mod admin;
 mod builder;
+mod clock;
 pub mod config;
 mod error;
 pub mod health;

@@ -33,6 +33,7 @@ SRC = os.path.join(ROOT, "src")
 LAYERS = {
     "error": 0,
     "pool_status": 0,
+    "clock": 0,
     "config": 1,
     "retry": 2,
     "metrics": 3,

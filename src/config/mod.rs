@@ -42,7 +42,7 @@ pub(crate) use migrations::check_identifier;
 pub(crate) use postgres::parse_driver_config;
 pub(crate) use secret::scrub;
 
-use crate::error::{Error, Problems, Result, positive};
+use crate::error::{Error, Problems, Result, at_most_a_year, positive};
 // upward import: the `[retry]` section is the start-up retry policy itself;
 // `retry` depends on nothing but the error layer, so this makes no circle.
 use crate::retry::RetryPolicy;
@@ -143,6 +143,7 @@ impl Config {
         self.mongodb.check(&mut p);
         self.retry.check(&mut p);
         positive("health.probe_timeout", self.health.probe_timeout, &mut p);
+        at_most_a_year("shutdown.grace_period", self.shutdown.grace_period, &mut p);
         self.migrations.check(&mut p);
         self.bootstrap.check(&mut p);
         p.into_result()

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::DatabaseUrl;
 use super::url::ConnectionString;
-use crate::error::{Problems, positive, positive_opt};
+use crate::error::{Problems, pool_size, positive, positive_opt};
 
 /// MongoDB settings (`[mongodb]`).
 ///
@@ -168,6 +168,11 @@ impl MongoConfig {
         if self.pool.max_size == 0 {
             p.push("mongodb.pool.max_size", "must be at least 1");
         }
+        pool_size(
+            "mongodb.pool.max_size",
+            usize::try_from(self.pool.max_size).unwrap_or(usize::MAX),
+            p,
+        );
         if self.pool.min_size > self.pool.max_size {
             p.push(
                 "mongodb.pool.min_size",

@@ -12,7 +12,7 @@ use super::secret::scrub;
 use super::url::ConnectionString;
 #[cfg(feature = "postgres")]
 use crate::error::describe_postgres;
-use crate::error::{Problems, positive, positive_opt};
+use crate::error::{Problems, pool_size, positive, positive_opt};
 
 /// PostgreSQL settings (`[postgres]`).
 ///
@@ -232,6 +232,7 @@ impl PostgresPoolConfig {
         if self.max_size == 0 {
             p.push("postgres.pool.max_size", "must be at least 1");
         }
+        pool_size("postgres.pool.max_size", self.max_size, p);
         if self.min_idle > self.max_size {
             p.push(
                 "postgres.pool.min_idle",

@@ -19,7 +19,7 @@ pub(crate) use classify::classify_postgres;
 #[cfg(feature = "postgres")]
 pub use classify::describe_postgres;
 pub use kind::{Backend, FailureKind};
-pub(crate) use problems::{Problems, positive, positive_opt};
+pub(crate) use problems::{Problems, at_most_a_year, pool_size, positive, positive_opt};
 
 use crate::pool_status::PoolStatus;
 

@@ -29,12 +29,41 @@ impl Problems {
     }
 }
 
+/// The longest duration any setting takes. A longer wait is "never" to a
+/// service, and `Instant::now() + Duration::MAX` overflows: bounding every
+/// duration here keeps all the clock arithmetic downstream in range.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The most connections a pool setting takes: far above what one server
+/// accepts from one client, low enough that sizing structures by it cannot
+/// exhaust memory.
+pub(crate) const MAX_POOL_SIZE: usize = 10_000;
+
+/// A duration setting that must be above zero and at most [`MAX_DURATION`].
 pub(crate) fn positive(key: &str, value: Duration, p: &mut Problems) {
     if value.is_zero() {
         p.push(
             key,
             "must be longer than zero (write e.g. \"500ms\" or \"30s\")",
         );
+    }
+    at_most_a_year(key, value, p);
+}
+
+/// A duration setting that may be zero but not above [`MAX_DURATION`].
+pub(crate) fn at_most_a_year(key: &str, value: Duration, p: &mut Problems) {
+    if value > MAX_DURATION {
+        p.push(
+            key,
+            "must be at most 365 days (leave an optional setting unset for no limit)",
+        );
+    }
+}
+
+/// A pool size setting that must be at most [`MAX_POOL_SIZE`].
+pub(crate) fn pool_size(key: &str, value: usize, p: &mut Problems) {
+    if value > MAX_POOL_SIZE {
+        p.push(key, format!("must be at most {MAX_POOL_SIZE} connections"));
     }
 }
 

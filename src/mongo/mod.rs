@@ -138,7 +138,9 @@ impl MongoHandle {
                 secrets,
                 min_size: config.pool.min_size,
                 max_size,
-                warm_up_timeout: config.connect_timeout + config.server_selection_timeout,
+                warm_up_timeout: config
+                    .connect_timeout
+                    .saturating_add(config.server_selection_timeout),
                 events,
                 draining: AtomicBool::new(false),
             }),
@@ -241,7 +243,7 @@ impl MongoHandle {
     pub(crate) async fn warm_up(&self) -> usize {
         let events = &self.shared.events;
         let want = self.shared.min_size as usize;
-        let deadline = tokio::time::Instant::now() + self.shared.warm_up_timeout;
+        let deadline = crate::clock::deadline_after(self.shared.warm_up_timeout);
         let _ = tokio::time::timeout_at(deadline, self.client.warm_connection_pool()).await;
         // The driver reports connections through events, which may trail the
         // warm-up by a moment.
@@ -257,7 +259,7 @@ impl MongoHandle {
     pub(crate) async fn drain(&self, grace: Duration) -> usize {
         self.shared.draining.store(true, Ordering::Release);
         let events = &self.shared.events;
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = crate::clock::deadline_after(grace);
         loop {
             let changed = events.changed.notified();
             tokio::pin!(changed);

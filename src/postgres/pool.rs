@@ -100,7 +100,7 @@ impl PostgresPool {
         let timeouts = Timeouts {
             wait: Some(settings.wait_timeout),
             // Room for the on_connect hook on top of the socket connect.
-            create: Some(settings.connect_timeout * 2),
+            create: Some(settings.connect_timeout.saturating_mul(2)),
             // The manager times the checks that make a round trip itself
             // (`recycle_timeout`): a deadpool timer here would cost every
             // checkout a clock read and a timer entry.
@@ -427,7 +427,7 @@ impl PostgresPool {
             task.abort();
             let _ = task.await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = crate::clock::deadline_after(grace);
         loop {
             let returned = shared.returned.notified();
             tokio::pin!(returned);

@@ -225,9 +225,10 @@ impl EnvLayer {
                 (size as u64).into(),
                 "DB_POOL_SIZE",
             );
+            // Saturates: an absurd sum is then refused by the size limit.
             push(
                 "postgres.pool.max_size",
-                ((size + overflow) as u64).into(),
+                (size.saturating_add(overflow) as u64).into(),
                 "DB_POOL_SIZE + DB_MAX_OVERFLOW",
             );
         }

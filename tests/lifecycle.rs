@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dbmanager::{Config, DatabaseManager, Error};
-use support::{TestDb, admin_url, eventually, pg_config, sessions, sql};
+use support::{TestDb, admin_url, eventually, pg_config, sessions, sessions_reach, sql};
 
 fn lifecycle_config(url: &str) -> Config {
     let mut config = pg_config(url);
@@ -89,15 +89,7 @@ async fn idle_timeout_closes_surplus_connections_down_to_min_idle() {
         pool.status()
     );
     assert_eq!(pool.stats().closed_idle, 4);
-    assert!(
-        eventually(Duration::from_secs(5), async || sessions(
-            &admin_url(),
-            &app
-        )
-        .await
-            == 1)
-        .await
-    );
+    assert!(sessions_reach(&app, 1, Duration::from_secs(5)).await);
     manager.shutdown().await.unwrap();
 }
 

@@ -93,11 +93,7 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     let pg = TestDb::adopt(&unique_name("service"));
     let (mongo_url, _mongo) = support::mongo();
     let mongo_db = unique_name("service");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let service = Service {
         env: vec![
             ("DATABASE_URL".into(), pg.url.clone()),

@@ -14,8 +14,8 @@ use dbmanager::{
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use support::{
-    MongoServer, TestDb, assert_failed_before_first_retry, encode, pg_config, retry_for_a_minute,
-    slow_retry, timed_build_error, unique_name,
+    MongoServer, TestDb, connect_failure, encode, permanent_build_error, pg_config,
+    retry_for_a_minute, unique_name,
 };
 
 fn mongo_config(url: &str) -> Config {
@@ -159,24 +159,11 @@ async fn a_wrong_password_fails_fast_with_a_typed_error() {
     db.shutdown().await.unwrap();
 
     let bad = good.replace("right-pw", "wrong-pw");
-    let first_delay = Duration::from_secs(2);
-    let mut config = mongo_config(&bad);
-    config.retry = slow_retry(first_delay);
-    let (err, took) = timed_build_error(config).await;
-    match &err {
-        Error::Connect {
-            kind,
-            attempts,
-            reason,
-            ..
-        } => {
-            assert_eq!(*kind, FailureKind::Authentication, "{reason}");
-            assert_eq!(*attempts, 1);
-        }
-        other => panic!("expected a connect error, got {other:?}"),
-    }
+    let err = permanent_build_error("MongoDB wrong password", mongo_config(&bad)).await;
+    let (kind, attempts) = connect_failure(&err);
+    assert_eq!(kind, FailureKind::Authentication, "{err}");
+    assert_eq!(attempts, 1);
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
-    assert_failed_before_first_retry("MongoDB wrong password", took, first_delay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,14 +42,20 @@ pub async fn timed_build_error(config: Config) -> (Error, Duration) {
     (error, started.elapsed())
 }
 
-/// Asserts that a build failed before the first retry delay, so without a
-/// retry, and prints how long it took (seen with `--nocapture`).
-pub fn assert_failed_before_first_retry(what: &str, took: Duration, first_delay: Duration) {
+/// The error of a build from `config` that must fail for good: with a
+/// [`slow_retry`] of two seconds in place, asserts that the failure came
+/// before the first retry delay, so without a retry, and prints how long
+/// it took (seen with `--nocapture`).
+pub async fn permanent_build_error(what: &str, mut config: Config) -> Error {
+    let first_delay = Duration::from_secs(2);
+    config.retry = slow_retry(first_delay);
+    let (error, took) = timed_build_error(config).await;
     assert!(
         took < first_delay,
         "{what}: fail-fast took {took:?}, the first retry delay is {first_delay:?}"
     );
     println!("{what} failed in {took:?} (first retry delay {first_delay:?})");
+    error
 }
 
 /// The kind and the attempt count of a connect error; panics on any other

@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{TestDb, admin_url, http, query_i64, unique_name};
+use support::{TestDb, admin_url, http, json, query_i64, unique_name};
 
 /// The example binary, built by `cargo test` next to the test binaries.
 fn service_binary() -> PathBuf {
@@ -82,10 +81,6 @@ impl Service {
         std::thread::spawn(move || for _ in lines {});
         (child, addr)
     }
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,20 +175,12 @@ async fn bootstrap_waits_for_a_server_that_starts_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_gives_up_after_its_wait_timeout_with_the_attempts_counted() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let mut config = pg_config(&format!("postgres://app:pw@127.0.0.1:{port}/app"));
     config.retry = quick_retry();
     config.bootstrap.wait_timeout = Duration::from_millis(800);
     let error = Bootstrap::new(&config).run().await.unwrap_err();
-    match error {
-        Error::Connect { kind, attempts, .. } => {
-            assert_eq!(kind, FailureKind::Refused);
-            assert!(attempts > 1, "retried until the wait timeout: {attempts}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let (kind, attempts) = support::connect_failure(&error);
+    assert_eq!(kind, FailureKind::Refused);
+    assert!(attempts > 1, "retried until the wait timeout: {attempts}");
 }

@@ -5,11 +5,14 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbmanager::retry::Jitter;
 use dbmanager::{DatabaseManager, Error, FailureKind, RetryPolicy};
-use support::{PgCluster, TestDb, pg_config, sql};
+use support::{
+    PgCluster, TestDb, build_error, connect_failure, permanent_build_error, pg_config,
+    retry_for_a_minute, slow_retry, sql, timed_build_error,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_run_through_the_pool_and_on_connect_runs_once_per_connection() {
@@ -56,14 +59,6 @@ async fn queries_run_through_the_pool_and_on_connect_runs_once_per_connection() 
     manager.shutdown().await.unwrap();
 }
 
-fn slow_retry(first_delay: Duration) -> RetryPolicy {
-    RetryPolicy::exponential()
-        .initial_delay(first_delay)
-        .max_delay(first_delay * 4)
-        .max_attempts(5)
-        .jitter(Jitter::None)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_before_the_first_retry_delay() {
     let db = TestDb::create("wrongpw").await;
@@ -74,18 +69,7 @@ async fn wrong_password_fails_before_the_first_retry_delay() {
     )
     .await;
     let url = support::with_credentials(&db.url, &role, "wrong-password");
-    let first_delay = Duration::from_secs(2);
-    let mut config = pg_config(&url);
-    config.retry = slow_retry(first_delay);
-
-    let started = Instant::now();
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-
+    let err = permanent_build_error("wrong password", pg_config(&url)).await;
     match &err {
         Error::Connect {
             kind,
@@ -106,47 +90,20 @@ async fn wrong_password_fails_before_the_first_retry_delay() {
     }
     assert!(!err.is_transient());
     assert!(!err.to_string().contains("wrong-password"), "{err}");
-    assert!(
-        took < first_delay,
-        "fail-fast took {took:?}, the first retry delay is {first_delay:?}"
-    );
-    println!("wrong password failed in {took:?} (first retry delay {first_delay:?})");
     sql(&db.url, &format!("DROP ROLE {role}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_database_fails_before_the_first_retry_delay() {
     let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
-    let first_delay = Duration::from_secs(2);
-    let mut config = pg_config(&missing);
-    config.retry = slow_retry(first_delay);
-
-    let started = Instant::now();
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-
-    assert!(
-        matches!(
-            &err,
-            Error::Connect {
-                kind: FailureKind::UnknownDatabase,
-                attempts: 1,
-                ..
-            }
-        ),
+    let err = permanent_build_error("unknown database", pg_config(&missing)).await;
+    assert_eq!(
+        connect_failure(&err),
+        (FailureKind::UnknownDatabase, 1),
         "{err:?}"
     );
     assert_eq!(err.sqlstate(), Some("3D000"));
     assert!(err.to_string().contains("does not exist"), "{err}");
-    assert!(
-        took < first_delay,
-        "fail-fast took {took:?}, the first retry delay is {first_delay:?}"
-    );
-    println!("unknown database failed in {took:?} (first retry delay {first_delay:?})");
 }
 
 /// A permanent failure of one database ends `build()` at once, even while
@@ -155,11 +112,7 @@ async fn unknown_database_fails_before_the_first_retry_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_failure_of_one_database_does_not_wait_for_the_other() {
     let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = support::free_port();
     let selection = Duration::from_secs(20);
     let mut config = pg_config(&missing);
     config.retry = slow_retry(Duration::from_secs(2));
@@ -168,22 +121,11 @@ async fn a_permanent_failure_of_one_database_does_not_wait_for_the_other() {
     )));
     config.mongodb.server_selection_timeout = selection;
 
-    let started = Instant::now();
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
+    let (err, took) = timed_build_error(config).await;
 
-    assert!(
-        matches!(
-            &err,
-            Error::Connect {
-                kind: FailureKind::UnknownDatabase,
-                ..
-            }
-        ),
+    assert_eq!(
+        connect_failure(&err).0,
+        FailureKind::UnknownDatabase,
         "{err:?}"
     );
     assert!(
@@ -196,11 +138,7 @@ async fn a_permanent_failure_of_one_database_does_not_wait_for_the_other() {
 async fn build_retries_until_a_late_server_starts() {
     let cluster = Arc::new(PgCluster::init("late-server-pw"));
     let mut config = pg_config(&cluster.url("postgres"));
-    config.retry = RetryPolicy::exponential()
-        .initial_delay(Duration::from_millis(200))
-        .max_delay(Duration::from_millis(500))
-        .max_attempts(60)
-        .max_elapsed(Duration::from_secs(60));
+    config.retry = retry_for_a_minute();
     let logs = support::logs();
 
     let starter = cluster.clone();
@@ -210,11 +148,7 @@ async fn build_retries_until_a_late_server_starts() {
             .await
             .unwrap();
     });
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .expect("build after the server came up");
+    let manager = support::build(config).await;
     start.await.unwrap();
 
     let client = manager.postgres().unwrap().get().await.unwrap();
@@ -246,18 +180,9 @@ async fn refused_connection_is_retried_and_reports_every_attempt() {
         .max_delay(Duration::from_millis(50))
         .max_attempts(3)
         .jitter(Jitter::None);
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    match err {
-        Error::Connect { kind, attempts, .. } => {
-            assert_eq!(kind, FailureKind::Refused);
-            assert_eq!(attempts, 3);
-        }
-        other => panic!("expected a connect error, got {other:?}"),
-    }
+    let (kind, attempts) = connect_failure(&build_error(config).await);
+    assert_eq!(kind, FailureKind::Refused);
+    assert_eq!(attempts, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

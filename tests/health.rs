@@ -5,8 +5,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbmanager::{DatabaseManager, HealthStatus, Phase, RetryPolicy};
-use support::{PgCluster, TestDb, pg_config};
+use dbmanager::{DatabaseManager, HealthStatus, Phase};
+use support::{PgCluster, TestDb, pg_config, retry_for_a_minute};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_when_up_has_every_documented_field() {
@@ -95,11 +95,7 @@ async fn an_optional_database_that_is_down_makes_health_degraded() {
 async fn readiness_moves_from_connecting_to_ready_to_draining() {
     let cluster = Arc::new(PgCluster::init("readiness-pw"));
     let mut config = pg_config(&cluster.url("postgres"));
-    config.retry = RetryPolicy::exponential()
-        .initial_delay(Duration::from_millis(100))
-        .max_delay(Duration::from_millis(300))
-        .max_attempts(200)
-        .max_elapsed(Duration::from_secs(60));
+    config.retry = retry_for_a_minute();
     config.shutdown.grace_period = Duration::from_secs(10);
 
     let manager = DatabaseManager::builder()

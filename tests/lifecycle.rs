@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dbmanager::config::PostgresPoolConfig;
 use dbmanager::{Config, DatabaseManager, Error};
-use support::{TestDb, admin_url, eventually, pg_config, sessions, sql};
+use support::{TestDb, admin_url, eventually, pg_config, sessions, sessions_reach, sql};
 
 fn lifecycle_config(url: &str) -> Config {
     let mut config = pg_config(url);
@@ -18,17 +19,40 @@ fn lifecycle_config(url: &str) -> Config {
     config
 }
 
+/// What most tests here start from: a database of their own and a
+/// connected manager on it, built from [`lifecycle_config`] with the pool
+/// settings the test makes.
+struct PoolUnderTest {
+    manager: DatabaseManager,
+    /// The application name the manager's sessions carry on the server.
+    app: String,
+    /// Dropped after the manager.
+    _db: TestDb,
+}
+
+impl PoolUnderTest {
+    async fn start(prefix: &str, settings: impl FnOnce(&mut PostgresPoolConfig)) -> PoolUnderTest {
+        let db = TestDb::create(prefix).await;
+        let mut config = lifecycle_config(&db.url);
+        settings(&mut config.postgres.pool);
+        let app = config.postgres.application_name.clone();
+        let manager = support::build(config).await;
+        PoolUnderTest {
+            manager,
+            app,
+            _db: db,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_up_opens_min_idle_and_the_pool_recovers_after_sessions_are_killed() {
-    let db = TestDb::create("warm").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.min_idle = 4;
-    let app = config.postgres.application_name.clone();
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("warm", |pool| pool.min_idle = 4).await;
+    let (manager, app) = (&fx.manager, &fx.app);
     let pool = manager.postgres().unwrap();
 
     assert_eq!(
-        sessions(&admin_url(), &app).await,
+        sessions(&admin_url(), app).await,
         4,
         "four sessions when build() returns"
     );
@@ -46,7 +70,7 @@ async fn warm_up_opens_min_idle_and_the_pool_recovers_after_sessions_are_killed(
 
     assert!(
         eventually(Duration::from_secs(10), async || {
-            pool.status().open == 4 && sessions(&admin_url(), &app).await == 4
+            pool.status().open == 4 && sessions(&admin_url(), app).await == 4
         })
         .await,
         "back to four connections: {}",
@@ -70,12 +94,12 @@ async fn warm_up_opens_min_idle_and_the_pool_recovers_after_sessions_are_killed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_surplus_connections_down_to_min_idle() {
-    let db = TestDb::create("idle").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.min_idle = 1;
-    config.postgres.pool.idle_timeout = Some(Duration::from_millis(300));
-    let app = config.postgres.application_name.clone();
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("idle", |pool| {
+        pool.min_idle = 1;
+        pool.idle_timeout = Some(Duration::from_millis(300));
+    })
+    .await;
+    let (manager, app) = (&fx.manager, &fx.app);
     let pool = manager.postgres().unwrap();
 
     let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
@@ -89,25 +113,18 @@ async fn idle_timeout_closes_surplus_connections_down_to_min_idle() {
         pool.status()
     );
     assert_eq!(pool.stats().closed_idle, 4);
-    assert!(
-        eventually(Duration::from_secs(5), async || sessions(
-            &admin_url(),
-            &app
-        )
-        .await
-            == 1)
-        .await
-    );
+    assert!(sessions_reach(app, 1, Duration::from_secs(5)).await);
     manager.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_lifetime_replaces_old_connections_without_touching_one_in_use() {
-    let db = TestDb::create("lifetime").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.min_idle = 2;
-    config.postgres.pool.max_lifetime = Some(Duration::from_millis(400));
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("lifetime", |pool| {
+        pool.min_idle = 2;
+        pool.max_lifetime = Some(Duration::from_millis(400));
+    })
+    .await;
+    let manager = &fx.manager;
     let pool = manager.postgres().unwrap().clone();
 
     let long = tokio::spawn({
@@ -157,11 +174,12 @@ async fn max_lifetime_replaces_old_connections_without_touching_one_in_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_idle_are_closed_when_returned() {
-    let db = TestDb::create("maxidle").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.min_idle = 1;
-    config.postgres.pool.max_idle = Some(2);
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("maxidle", |pool| {
+        pool.min_idle = 1;
+        pool.max_idle = Some(2);
+    })
+    .await;
+    let manager = &fx.manager;
     let pool = manager.postgres().unwrap();
     let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
     assert_eq!(pool.status().open, 5);
@@ -174,10 +192,11 @@ async fn connections_beyond_max_idle_are_closed_when_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_held_past_the_leak_threshold_is_reported_once_with_its_location() {
     let logs = support::logs();
-    let db = TestDb::create("leak").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.leak_detection_threshold = Some(Duration::from_millis(200));
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("leak", |pool| {
+        pool.leak_detection_threshold = Some(Duration::from_millis(200));
+    })
+    .await;
+    let manager = &fx.manager;
     let pool = manager.postgres().unwrap();
 
     let (held, line) = (pool.get().await.unwrap(), line!());
@@ -358,12 +377,13 @@ async fn the_maintenance_task_ends_on_shutdown_leaving_no_task_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_acquire_logs_a_warning_with_the_pool_status() {
     let logs = support::logs();
-    let db = TestDb::create("slowacq").await;
-    let mut config = lifecycle_config(&db.url);
-    config.postgres.pool.max_size = 1;
-    config.postgres.pool.min_idle = 1;
-    config.postgres.pool.slow_acquire_threshold = Some(Duration::from_millis(100));
-    let manager = support::build(config).await;
+    let fx = PoolUnderTest::start("slowacq", |pool| {
+        pool.max_size = 1;
+        pool.min_idle = 1;
+        pool.slow_acquire_threshold = Some(Duration::from_millis(100));
+    })
+    .await;
+    let manager = &fx.manager;
     let pool = manager.postgres().unwrap().clone();
 
     let held = pool.get().await.unwrap();

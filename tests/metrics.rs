@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use dbmanager::metrics::names;
-use dbmanager::{Config, DatabaseManager, DatabaseUrl, Error, RetryPolicy};
+use dbmanager::{Config, DatabaseUrl, Error, RetryPolicy};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::{TestDb, pg_config};
 
@@ -185,27 +185,15 @@ async fn each_metric_moves_as_the_scenario_predicts() {
 
     // Connect errors by kind, and retries.
     let missing = support::with_database(&support::admin_url(), &support::unique_name("missing"));
-    let err = DatabaseManager::builder()
-        .config(pg_config(&missing))
-        .build()
-        .await
-        .unwrap_err();
+    let err = support::build_error(pg_config(&missing)).await;
     assert!(matches!(err, Error::Connect { .. }));
-    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refused_port = support::free_port();
     let mut refused: Config = pg_config(&format!("postgres://x:y@127.0.0.1:{refused_port}/x"));
     refused.retry = RetryPolicy::exponential()
         .initial_delay(Duration::from_millis(10))
         .max_delay(Duration::from_millis(10))
         .max_attempts(3);
-    DatabaseManager::builder()
-        .config(refused)
-        .build()
-        .await
-        .unwrap_err();
+    support::build_error(refused).await;
     let errors = Reading::take(&snapshotter);
     assert_eq!(
         errors.counter(names::CONNECT_ERRORS, &[PG, ("kind", "unknown_database")]),

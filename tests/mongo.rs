@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use dbmanager::mongo::{CollectionIndexes, IndexSpec};
 use dbmanager::mongodb::bson::doc;
-use dbmanager::retry::Jitter;
 use dbmanager::{
     Config, DatabaseManager, DatabaseUrl, Error, FailureKind, HealthStatus, RetryPolicy,
 };
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use support::{MongoServer, TestDb, encode, pg_config, unique_name};
+use support::{
+    MongoServer, TestDb, connect_failure, encode, permanent_build_error, pg_config,
+    retry_for_a_minute, unique_name,
+};
 
 fn mongo_config(url: &str) -> Config {
     let mut config = Config::default();
@@ -30,6 +32,18 @@ fn mongo_config(url: &str) -> Config {
         .max_attempts(5);
     config.shutdown.grace_period = Duration::from_secs(10);
     config
+}
+
+/// Writes one document through the manager's client: proof that it is
+/// connected and authenticated.
+async fn write_a_document(db: &DatabaseManager) {
+    db.mongo()
+        .unwrap()
+        .database()
+        .collection("t")
+        .insert_one(doc! { "x": 1 })
+        .await
+        .unwrap();
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,13 +144,7 @@ async fn parts_with_special_characters_in_the_password_connect() {
 
     let db = support::build(config).await;
     assert_eq!(db.mongo().unwrap().database_name(), "parts_db");
-    db.mongo()
-        .unwrap()
-        .database()
-        .collection("t")
-        .insert_one(doc! { "x": 1 })
-        .await
-        .unwrap();
+    write_a_document(&db).await;
     db.shutdown().await.unwrap();
 }
 
@@ -151,57 +159,22 @@ async fn a_wrong_password_fails_fast_with_a_typed_error() {
     db.shutdown().await.unwrap();
 
     let bad = good.replace("right-pw", "wrong-pw");
-    let first_delay = Duration::from_secs(2);
-    let mut config = mongo_config(&bad);
-    config.retry = RetryPolicy::exponential()
-        .initial_delay(first_delay)
-        .max_delay(first_delay * 2)
-        .max_attempts(5)
-        .jitter(Jitter::None);
-    let started = Instant::now();
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    match &err {
-        Error::Connect {
-            kind,
-            attempts,
-            reason,
-            ..
-        } => {
-            assert_eq!(*kind, FailureKind::Authentication, "{reason}");
-            assert_eq!(*attempts, 1);
-        }
-        other => panic!("expected a connect error, got {other:?}"),
-    }
+    let err = permanent_build_error("MongoDB wrong password", mongo_config(&bad)).await;
+    let (kind, attempts) = connect_failure(&err);
+    assert_eq!(kind, FailureKind::Authentication, "{err}");
+    assert_eq!(attempts, 1);
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
-    assert!(
-        took < first_delay,
-        "fail-fast took {took:?}, the first retry delay is {first_delay:?}"
-    );
-    println!("MongoDB wrong password failed in {took:?} (first retry delay {first_delay:?})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_retries_until_a_late_server_starts() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let url = format!(
         "mongodb://late:late-pw@127.0.0.1:{port}/?authSource=admin&authMechanism=SCRAM-SHA-256"
     );
     let mut config = mongo_config(&url);
     config.mongodb.server_selection_timeout = Duration::from_millis(500);
-    config.retry = RetryPolicy::exponential()
-        .initial_delay(Duration::from_millis(200))
-        .max_delay(Duration::from_millis(500))
-        .max_attempts(100)
-        .max_elapsed(Duration::from_secs(60));
+    config.retry = retry_for_a_minute();
     let server = Arc::new(std::sync::Mutex::new(None));
     let slot = server.clone();
     let starter = tokio::spawn(async move {
@@ -213,23 +186,13 @@ async fn build_retries_until_a_late_server_starts() {
         *slot.lock().unwrap() = Some(started);
     });
     let started = Instant::now();
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .expect("build once the server is up");
+    let db = support::build(config).await;
     starter.await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "build waited for the server"
     );
-    db.mongo()
-        .unwrap()
-        .database()
-        .collection("t")
-        .insert_one(doc! { "ok": true })
-        .await
-        .unwrap();
+    write_a_document(&db).await;
     db.shutdown().await.unwrap();
 }
 
@@ -311,13 +274,7 @@ async fn health_reports_latency_version_topology_and_pool_then_down_when_killed(
     let mut config = mongo_config(&server.url());
     config.health.probe_timeout = Duration::from_secs(2);
     let db = support::build(config).await;
-    db.mongo()
-        .unwrap()
-        .database()
-        .collection("t")
-        .insert_one(doc! { "x": 1 })
-        .await
-        .unwrap();
+    write_a_document(&db).await;
     // The driver reports the check-in from its pool task, a moment later.
     let mongo = db.mongo().unwrap().clone();
     assert!(support::eventually(Duration::from_secs(5), async || mongo.status().in_use == 0).await);

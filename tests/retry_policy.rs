@@ -36,6 +36,15 @@ fn without_jitter(initial_ms: u64, multiplier: f64, max_ms: u64) -> RetryPolicy 
         .jitter(Jitter::None)
 }
 
+/// Policies without jitter: a first delay of 1 ms to 10 s, a multiplier
+/// from `multipliers`, a cap of 1 ms to 1000 s.
+fn any_policy_without_jitter(
+    multipliers: std::ops::Range<f64>,
+) -> impl Strategy<Value = RetryPolicy> {
+    (1u64..10_000, multipliers, 1u64..1_000_000)
+        .prop_map(|(initial_ms, multiplier, max_ms)| without_jitter(initial_ms, multiplier, max_ms))
+}
+
 proptest! {
     #[test]
     fn delays_never_exceed_max_delay_and_never_panic(policy in any_policy(), retry_index in any::<u32>()) {
@@ -46,12 +55,7 @@ proptest! {
     }
 
     #[test]
-    fn without_jitter_delays_grow_monotonically(
-        initial_ms in 1u64..10_000,
-        multiplier in 1.0f64..10.0,
-        max_ms in 1u64..1_000_000,
-    ) {
-        let policy = without_jitter(initial_ms, multiplier, max_ms);
+    fn without_jitter_delays_grow_monotonically(policy in any_policy_without_jitter(1.0..10.0)) {
         let mut previous = Duration::ZERO;
         for n in 0..200 {
             let delay = policy.delay_for(n);
@@ -64,12 +68,7 @@ proptest! {
     }
 
     #[test]
-    fn growing_delays_reach_max_delay(
-        initial_ms in 1u64..10_000,
-        multiplier in 1.5f64..10.0,
-        max_ms in 1u64..1_000_000,
-    ) {
-        let policy = without_jitter(initial_ms, multiplier, max_ms);
+    fn growing_delays_reach_max_delay(policy in any_policy_without_jitter(1.5..10.0)) {
         prop_assert_eq!(policy.delay_for(u32::MAX), policy.max_delay);
     }
 
@@ -160,6 +159,18 @@ impl Transient for Flaky {
     }
 }
 
+/// Retries an operation that always fails with `Flaky { transient }`: the
+/// result, and how many times the operation was called.
+async fn retry_always_failing(policy: &RetryPolicy, transient: bool) -> (Result<(), Flaky>, u32) {
+    let mut calls = 0;
+    let result = retry(policy, || {
+        calls += 1;
+        async move { Err(Flaky { transient }) }
+    })
+    .await;
+    (result, calls)
+}
+
 #[tokio::test]
 async fn retry_retries_transient_errors_and_stops_at_permanent_ones() {
     let policy = RetryPolicy::exponential()
@@ -181,21 +192,11 @@ async fn retry_retries_transient_errors_and_stops_at_permanent_ones() {
     .await;
     assert_eq!(result.unwrap(), 3);
 
-    let mut calls = 0;
-    let result: Result<(), Flaky> = retry(&policy, || {
-        calls += 1;
-        async { Err(Flaky { transient: false }) }
-    })
-    .await;
+    let (result, calls) = retry_always_failing(&policy, false).await;
     assert!(result.is_err());
     assert_eq!(calls, 1, "a permanent error is not retried");
 
-    let mut calls = 0;
-    let result: Result<(), Flaky> = retry(&policy, || {
-        calls += 1;
-        async { Err(Flaky { transient: true }) }
-    })
-    .await;
+    let (result, calls) = retry_always_failing(&policy, true).await;
     assert!(result.is_err());
     assert_eq!(calls, 5, "gives up after max_attempts");
 }

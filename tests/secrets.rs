@@ -49,11 +49,7 @@ async fn the_password_appears_in_no_output() {
         &format!("{PASSWORD}x"),
     )));
     wrong.retry = dbmanager::RetryPolicy::none();
-    let err = DatabaseManager::builder()
-        .config(wrong)
-        .build()
-        .await
-        .unwrap_err();
+    let err = support::build_error(wrong).await;
     assert_hidden("connect error Display", &err.to_string());
     assert_hidden("connect error Debug", &format!("{err:?}"));
 

@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{TestDb, admin_url, http, query_i64, unique_name};
+use support::{TestDb, admin_url, http, json, query_i64, unique_name};
 
 /// The example binary, built by `cargo test` next to the test binaries.
 fn service_binary() -> PathBuf {
@@ -84,20 +83,12 @@ impl Service {
     }
 }
 
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_crud_metrics_and_a_graceful_sigterm() {
     let pg = TestDb::adopt(&unique_name("service"));
     let (mongo_url, _mongo) = support::mongo();
     let mongo_db = unique_name("service");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let service = Service {
         env: vec![
             ("DATABASE_URL".into(), pg.url.clone()),

@@ -5,8 +5,17 @@ mod support;
 
 use std::time::Duration;
 
-use dbmanager::{Backend, Error};
-use support::{TestDb, admin_url, pg_config, sessions};
+use dbmanager::{Backend, DatabaseManager, Error};
+use support::{TestDb, admin_url, pg_config, sessions, sessions_reach};
+
+/// Whether one connection of the manager is checked out within five
+/// seconds: the query the test started is running.
+async fn one_connection_in_use(manager: &DatabaseManager) -> bool {
+    support::eventually(Duration::from_secs(5), async || {
+        manager.postgres().unwrap().status().in_use == 1
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_query_completes_new_work_is_refused_and_no_session_remains() {
@@ -26,15 +35,7 @@ async fn in_flight_query_completes_new_work_is_refused_and_no_session_remains() 
         Ok::<i32, Error>(row.get(1))
     });
     // Let the query start before shutting down.
-    assert!(
-        support::eventually(Duration::from_secs(5), async || manager
-            .postgres()
-            .unwrap()
-            .status()
-            .in_use
-            == 1)
-        .await
-    );
+    assert!(one_connection_in_use(&manager).await);
 
     let other = manager.clone();
     let (first, second) = tokio::join!(manager.shutdown(), other.shutdown());
@@ -55,13 +56,7 @@ async fn in_flight_query_completes_new_work_is_refused_and_no_session_remains() 
         other => panic!("expected ShuttingDown, got {other:?}"),
     }
     assert!(
-        support::eventually(Duration::from_secs(5), async || sessions(
-            &admin_url(),
-            &app
-        )
-        .await
-            == 0)
-        .await,
+        sessions_reach(&app, 0, Duration::from_secs(5)).await,
         "no session of the manager remains"
     );
     let again = manager.shutdown().await.unwrap();
@@ -88,15 +83,7 @@ async fn connections_still_busy_after_the_grace_period_are_closed() {
             .await
             .map(|_| ())
     });
-    assert!(
-        support::eventually(Duration::from_secs(5), async || manager
-            .postgres()
-            .unwrap()
-            .status()
-            .in_use
-            == 1)
-        .await
-    );
+    assert!(one_connection_in_use(&manager).await);
     let report = manager.shutdown().await.unwrap();
     assert!(!report.drained);
     assert_eq!(report.postgres_forced, 1);
@@ -105,13 +92,7 @@ async fn connections_still_busy_after_the_grace_period_are_closed() {
         "the stuck query lost its connection"
     );
     assert!(
-        support::eventually(Duration::from_secs(10), async || sessions(
-            &admin_url(),
-            &app
-        )
-        .await
-            == 0)
-        .await,
+        sessions_reach(&app, 0, Duration::from_secs(10)).await,
         "the forced session is gone from the server"
     );
 }

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dbmanager::migrate::Migrations;
+use dbmanager::mongodb::Collection;
 use dbmanager::mongodb::bson::{Document, doc};
 use dbmanager::testing::TestDatabase;
 use dbmanager::{Config, DatabaseUrl};
@@ -35,6 +36,16 @@ async fn mongo_database_names(config: &Config) -> Vec<String> {
     let names = client.list_database_names().await.unwrap();
     client.shutdown().await;
     names
+}
+
+/// The `posts` collection of the test database's own MongoDB database.
+fn posts(test_db: &TestDatabase) -> Collection<Document> {
+    test_db
+        .manager()
+        .mongo()
+        .unwrap()
+        .database()
+        .collection::<Document>("posts")
 }
 
 async fn emails(test_db: &TestDatabase) -> Vec<String> {
@@ -72,13 +83,10 @@ async fn two_test_databases_write_the_same_table_without_seeing_each_other() {
             )
             .await
             .unwrap();
-        let posts = test_db
-            .manager()
-            .mongo()
-            .unwrap()
-            .database()
-            .collection::<Document>("posts");
-        posts.insert_one(doc! { "author": email }).await.unwrap();
+        posts(test_db)
+            .insert_one(doc! { "author": email })
+            .await
+            .unwrap();
     }
     assert_eq!(emails(&first).await, ["first@example.com"]);
     assert_eq!(emails(&second).await, ["second@example.com"]);
@@ -93,9 +101,7 @@ async fn two_test_databases_write_the_same_table_without_seeing_each_other() {
         );
         let authors: Vec<String> = {
             use futures_util::TryStreamExt;
-            mongo
-                .database()
-                .collection::<Document>("posts")
+            posts(test_db)
                 .find(doc! {})
                 .await
                 .unwrap()
@@ -141,21 +147,11 @@ async fn databases_of_a_panicking_test_are_dropped() {
     let thread_config = config.clone();
     // The "test": its own runtime, as #[tokio::test] gives it, then a panic.
     let outcome = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        support::block_on_own_runtime(async {
             let test_db = TestDatabase::with_config(&thread_config, &example_migrations())
                 .await
                 .unwrap();
-            let posts = test_db
-                .manager()
-                .mongo()
-                .unwrap()
-                .database()
-                .collection::<Document>("posts");
-            posts.insert_one(doc! { "x": 1 }).await.unwrap();
+            posts(&test_db).insert_one(doc! { "x": 1 }).await.unwrap();
             name_tx.send(test_db.database_name().to_string()).unwrap();
             assert!(database_exists(test_db.database_name()).await);
             panic!("the test fails while holding its database");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dbmanager::retry::Jitter;
 use dbmanager::{DatabaseManager, Error, FailureKind, RetryPolicy};
-use support::{PgCluster, pg_config};
+use support::{PgCluster, build_error, connect_failure, pg_config, slow_retry};
 
 async fn encrypted(db: &DatabaseManager) -> bool {
     let client = db.postgres().unwrap().get().await.unwrap();
@@ -28,18 +28,22 @@ fn url(cluster: &PgCluster, host: &str, params: &str) -> String {
     )
 }
 
-/// A policy whose first wait is long, to see that TLS failures are not retried.
-fn patient() -> RetryPolicy {
-    RetryPolicy::exponential()
-        .initial_delay(Duration::from_secs(2))
-        .max_attempts(5)
-        .jitter(Jitter::None)
-}
+/// The first retry delay of [`connect`]: long, to see that TLS failures are
+/// not retried.
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 async fn connect(url: &str) -> dbmanager::Result<DatabaseManager> {
     let mut config = pg_config(url);
-    config.retry = patient();
+    config.retry = slow_retry(FIRST_RETRY_DELAY);
     DatabaseManager::builder().config(config).build().await
+}
+
+/// Whether a manager on `url` connects, over an encrypted connection.
+async fn connects_encrypted(url: &str) -> bool {
+    let db = connect(url).await.unwrap();
+    let encrypted = encrypted(&db).await;
+    db.shutdown().await.unwrap();
+    encrypted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,32 +55,30 @@ async fn every_sslmode_behaves_as_in_libpq() {
 
     // Encryption without authentication.
     for mode in ["require", "prefer"] {
-        let db = connect(&url(&cluster, "127.0.0.1", &format!("sslmode={mode}")))
-            .await
-            .unwrap();
-        assert!(encrypted(&db).await, "sslmode={mode} encrypts");
-        db.shutdown().await.unwrap();
+        assert!(
+            connects_encrypted(&url(&cluster, "127.0.0.1", &format!("sslmode={mode}"))).await,
+            "sslmode={mode} encrypts"
+        );
     }
 
     // The chain is checked against sslrootcert; the host name too with verify-full.
-    let db = connect(&url(
-        &cluster,
-        "localhost",
-        &format!("sslmode=verify-full&sslrootcert={ca}"),
-    ))
-    .await
-    .unwrap();
-    assert!(encrypted(&db).await);
-    db.shutdown().await.unwrap();
-    let db = connect(&url(
-        &cluster,
-        "127.0.0.1",
-        &format!("sslmode=verify-ca&sslrootcert={ca}"),
-    ))
-    .await
-    .unwrap();
-    assert!(encrypted(&db).await, "verify-ca ignores the host name");
-    db.shutdown().await.unwrap();
+    assert!(
+        connects_encrypted(&url(
+            &cluster,
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ))
+        .await
+    );
+    assert!(
+        connects_encrypted(&url(
+            &cluster,
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={ca}"),
+        ))
+        .await,
+        "verify-ca ignores the host name"
+    );
 
     // Failures are permanent: no retry, well before the first retry delay.
     let failures = [
@@ -105,7 +107,7 @@ async fn every_sslmode_behaves_as_in_libpq() {
             other => panic!("{what}: expected a connect error, got {other:?}"),
         }
         assert!(
-            took < Duration::from_secs(2),
+            took < FIRST_RETRY_DELAY,
             "{what}: failed in {took:?}, before the first retry delay"
         );
         assert!(!err.to_string().contains("tls-secret-pw"), "{err}");
@@ -170,18 +172,10 @@ async fn a_connection_cut_during_the_handshake_is_retried() {
         .initial_delay(Duration::from_millis(10))
         .max_attempts(3)
         .jitter(Jitter::None);
-    let err = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap_err();
-    match &err {
-        Error::Connect { kind, attempts, .. } => {
-            assert_eq!(*kind, FailureKind::Reset, "{err}");
-            assert_eq!(*attempts, 3, "{err}");
-        }
-        other => panic!("expected a connect error, got {other:?}"),
-    }
+    let err = build_error(config).await;
+    let (kind, attempts) = connect_failure(&err);
+    assert_eq!(kind, FailureKind::Reset, "{err}");
+    assert_eq!(attempts, 3, "{err}");
     assert!(err.is_transient());
     server.abort();
 }

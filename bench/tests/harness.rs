@@ -48,14 +48,26 @@ fn assert_sound(report: &BenchReport, tasks: usize) {
     assert!(report.latency.p50_us <= report.latency.max_us);
 }
 
-async fn pg_manager(url: &str, pool_size: usize) -> DatabaseManager {
-    let mut config = pg_config(url);
+/// A database of its own, and a manager on it whose pool has `pool_size`
+/// connections, as the harness configures it.
+async fn pg_bench_database(prefix: &str, pool_size: usize) -> (TestDb, DatabaseManager) {
+    let database = TestDb::create(prefix).await;
+    let mut config = pg_config(&database.url);
     bench::configure_pools(&mut config, pool_size);
-    DatabaseManager::builder()
+    let db = DatabaseManager::builder()
         .config(config)
         .build()
         .await
-        .expect("manager for the benchmark database")
+        .expect("manager for the benchmark database");
+    (database, db)
+}
+
+/// Runs the workload of `options` and returns its report, once it is
+/// proved sound for that many tasks.
+async fn run_sound(db: &DatabaseManager, options: &BenchOptions) -> BenchReport {
+    let report = bench::run(db, options).await.unwrap();
+    assert_sound(&report, options.tasks);
+    report
 }
 
 /// A `pgbench -i -s 1` dataset, made with the SQL pgbench runs (without
@@ -78,12 +90,8 @@ async fn create_pgbench_dataset(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select1_runs_every_task_and_reports_ordered_latency_and_acquire_wait() {
-    let database = TestDb::create("bench_select1").await;
-    let db = pg_manager(&database.url, 4).await;
-    let report = bench::run(&db, &options(Workload::Select1, 4))
-        .await
-        .unwrap();
-    assert_sound(&report, 4);
+    let (_database, db) = pg_bench_database("bench_select1", 4).await;
+    let report = run_sound(&db, &options(Workload::Select1, 4)).await;
     assert_eq!(report.pool_size, 4);
     assert_ordered("acquire wait", report.acquire_wait.as_ref().unwrap());
     db.shutdown().await.unwrap();
@@ -91,12 +99,8 @@ async fn select1_runs_every_task_and_reports_ordered_latency_and_acquire_wait() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_tasks_than_connections_queue_without_acquire_timeouts() {
-    let database = TestDb::create("bench_queue").await;
-    let db = pg_manager(&database.url, 2).await;
-    let report = bench::run(&db, &options(Workload::Select1, 16))
-        .await
-        .unwrap();
-    assert_sound(&report, 16);
+    let (_database, db) = pg_bench_database("bench_queue", 2).await;
+    let report = run_sound(&db, &options(Workload::Select1, 16)).await;
     assert_eq!(report.pool_size, 2);
     let wait = report.acquire_wait.unwrap();
     assert_ordered("acquire wait", &wait);
@@ -107,13 +111,9 @@ async fn more_tasks_than_connections_queue_without_acquire_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_s_reads_the_pgbench_dataset_and_names_its_scale() {
-    let database = TestDb::create("bench_pgbench").await;
+    let (database, db) = pg_bench_database("bench_pgbench", 4).await;
     create_pgbench_dataset(&database.url).await;
-    let db = pg_manager(&database.url, 4).await;
-    let report = bench::run(&db, &options(Workload::PgbenchS, 4))
-        .await
-        .unwrap();
-    assert_sound(&report, 4);
+    let report = run_sound(&db, &options(Workload::PgbenchS, 4)).await;
     assert_eq!(
         report.dataset.as_deref(),
         Some("pgbench scale 1: 100000 accounts")
@@ -124,8 +124,7 @@ async fn pgbench_s_reads_the_pgbench_dataset_and_names_its_scale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_s_without_a_dataset_is_refused_with_a_typed_error() {
-    let database = TestDb::create("bench_nodata").await;
-    let db = pg_manager(&database.url, 2).await;
+    let (_database, db) = pg_bench_database("bench_nodata", 2).await;
     let error = bench::run(&db, &options(Workload::PgbenchS, 2))
         .await
         .unwrap_err();
@@ -144,12 +143,10 @@ async fn pgbench_s_without_a_dataset_is_refused_with_a_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_creates_its_table_and_every_counted_operation_left_a_row() {
-    let database = TestDb::create("bench_insert").await;
-    let db = pg_manager(&database.url, 4).await;
+    let (database, db) = pg_bench_database("bench_insert", 4).await;
     let mut options = options(Workload::Insert, 4);
     options.insert_table = "bench rows".into();
-    let report = bench::run(&db, &options).await.unwrap();
-    assert_sound(&report, 4);
+    let report = run_sound(&db, &options).await;
     db.shutdown().await.unwrap();
     // Priming and warm-up insert too, and operations ending after the
     // window are not counted: at least as many rows as operations.
@@ -173,10 +170,7 @@ async fn mongo_manager(url: &str, pool_size: usize) -> DatabaseManager {
 async fn mongo_ping_through_the_manager_reports_latency_without_acquire_wait() {
     let (url, _server) = support::mongo();
     let db = mongo_manager(&url, 2).await;
-    let report = bench::run(&db, &options(Workload::MongoPing, 2))
-        .await
-        .unwrap();
-    assert_sound(&report, 2);
+    let report = run_sound(&db, &options(Workload::MongoPing, 2)).await;
     assert_eq!(report.pool_size, 2);
     assert!(report.acquire_wait.is_none());
     db.shutdown().await.unwrap();
@@ -188,8 +182,7 @@ async fn mongo_find_by_id_seeds_its_documents_and_finds_every_one_it_asks_for() 
     let db = mongo_manager(&url, 2).await;
     let mut options = options(Workload::MongoFindById, 2);
     options.mongo_documents = 50;
-    let report = bench::run(&db, &options).await.unwrap();
-    assert_sound(&report, 2);
+    let report = run_sound(&db, &options).await;
     let seeded = db
         .mongo()
         .unwrap()

@@ -34,6 +34,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts the command succeeded (showing its stderr when it did not) and
+/// returns what it printed on stdout.
+fn assert_success(output: &Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    stdout(output)
+}
+
 /// A failure is one clear line on stderr and a non-zero exit code.
 fn assert_one_line_failure(output: &Output) -> String {
     assert!(!output.status.success(), "expected a failure: {output:?}");
@@ -48,13 +55,8 @@ async fn wait_and_health_against_a_real_server() {
     let db = TestDb::create("cli").await;
     let env = [("DATABASE_URL", db.url.as_str())];
 
-    let wait = dbmanager(&env, &["wait", "--timeout", "20s"]);
-    assert!(wait.status.success(), "{}", stderr(&wait));
-    assert!(
-        stdout(&wait).contains("postgres: ready"),
-        "{}",
-        stdout(&wait)
-    );
+    let wait = assert_success(&dbmanager(&env, &["wait", "--timeout", "20s"]));
+    assert!(wait.contains("postgres: ready"), "{wait}");
 
     let health = dbmanager(&env, &["health"]);
     assert_eq!(health.status.code(), Some(0), "{}", stderr(&health));
@@ -62,11 +64,7 @@ async fn wait_and_health_against_a_real_server() {
     assert_eq!(report["status"], "up");
 
     // Down: exit code 2, the report still printed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let unreachable = format!("postgres://nobody:pw@127.0.0.1:{port}/x");
     let down = dbmanager(
         &[
@@ -113,8 +111,7 @@ fn config_show_names_sources_and_hides_the_password() {
         ],
         &["--config", file.to_str().unwrap(), "config", "show"],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let text = stdout(&output);
+    let text = assert_success(&output);
     assert!(!text.contains("cli-secret-pw"), "{text}");
     let line = |key: &str| {
         text.lines()
@@ -131,12 +128,11 @@ fn config_show_names_sources_and_hides_the_password() {
     assert!(line("postgres.pool.wait_timeout").contains("DB_POOL_TIMEOUT"));
     assert!(line("retry.max_attempts").contains("default"));
 
-    let json = dbmanager(
+    let json = assert_success(&dbmanager(
         &[("DATABASE_URL", "postgres://app:cli-secret-pw@db/app")],
         &["config", "show", "--json"],
-    );
-    assert!(json.status.success());
-    let settings: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    ));
+    let settings: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(
         settings
             .as_array()
@@ -144,7 +140,7 @@ fn config_show_names_sources_and_hides_the_password() {
             .iter()
             .any(|s| s["key"] == "postgres.url")
     );
-    assert!(!stdout(&json).contains("cli-secret-pw"));
+    assert!(!json.contains("cli-secret-pw"));
 }
 
 #[test]
@@ -219,31 +215,22 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
         ("DBMANAGER_MIGRATIONS__DIRECTORY", migrations),
     ];
 
-    let first = dbmanager(&env, &["db", "create"]);
-    assert!(first.status.success(), "{}", stderr(&first));
-    assert!(stdout(&first).contains(&format!("created database {}", guard.name)));
-    let second = dbmanager(&env, &["db", "create"]);
-    assert!(second.status.success(), "{}", stderr(&second));
-    assert!(
-        stdout(&second).contains("already exists"),
-        "{}",
-        stdout(&second)
-    );
+    let first = assert_success(&dbmanager(&env, &["db", "create"]));
+    assert!(first.contains(&format!("created database {}", guard.name)));
+    let second = assert_success(&dbmanager(&env, &["db", "create"]));
+    assert!(second.contains("already exists"), "{second}");
 
-    let up = dbmanager(&env, &["migrate", "up"]);
-    assert!(up.status.success(), "{}", stderr(&up));
+    let up = assert_success(&dbmanager(&env, &["migrate", "up"]));
     assert_eq!(
-        stdout(&up).lines().filter(|l| l.starts_with("up ")).count(),
+        up.lines().filter(|l| l.starts_with("up ")).count(),
         3,
-        "{}",
-        stdout(&up)
+        "{up}"
     );
     let again = dbmanager(&env, &["migrate", "up"]);
     assert_eq!(stdout(&again).trim(), "nothing to do");
 
-    let status = dbmanager(&env, &["migrate", "status", "--json"]);
-    assert!(status.status.success());
-    let report: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    let status = assert_success(&dbmanager(&env, &["migrate", "status", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
     let states: Vec<&str> = report["migrations"]
         .as_array()
         .unwrap()
@@ -252,10 +239,9 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
         .collect();
     assert_eq!(states, ["applied", "applied", "applied"]);
 
-    let down = dbmanager(&env, &["migrate", "down", "--steps", "2"]);
-    assert!(down.status.success(), "{}", stderr(&down));
-    assert!(stdout(&down).contains("down 3_create_system_configs"));
-    assert!(stdout(&down).contains("down 2_create_user_sessions"));
+    let down = assert_success(&dbmanager(&env, &["migrate", "down", "--steps", "2"]));
+    assert!(down.contains("down 3_create_system_configs"));
+    assert!(down.contains("down 2_create_user_sessions"));
     let text = stdout(&dbmanager(&env, &["migrate", "status"]));
     assert_eq!(
         text.lines().filter(|l| l.contains("pending")).count(),
@@ -279,21 +265,12 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
     .await;
     let refused = dbmanager(&env, &["db", "reset"]);
     assert!(assert_one_line_failure(&refused).contains("--force"));
-    let reset = dbmanager(&env, &["db", "reset", "--force"]);
-    assert!(reset.status.success(), "{}", stderr(&reset));
-    assert!(
-        stdout(&reset).contains("dropped database"),
-        "{}",
-        stdout(&reset)
-    );
+    let reset = assert_success(&dbmanager(&env, &["db", "reset", "--force"]));
+    assert!(reset.contains("dropped database"), "{reset}");
     assert_eq!(
-        stdout(&reset)
-            .lines()
-            .filter(|l| l.starts_with("applied "))
-            .count(),
+        reset.lines().filter(|l| l.starts_with("applied ")).count(),
         3,
-        "{}",
-        stdout(&reset)
+        "{reset}"
     );
     assert_eq!(
         support::query_i64(&guard.url, "SELECT count(*) FROM users").await,
@@ -311,8 +288,7 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
     let line = assert_one_line_failure(&refused);
     assert!(line.contains(&format!("`{}`", guard.name)), "{line}");
     assert!(support::database_exists(&guard.name).await);
-    let dropped = dbmanager(&env, &["db", "drop", "--force"]);
-    assert!(dropped.status.success(), "{}", stderr(&dropped));
+    assert_success(&dbmanager(&env, &["db", "drop", "--force"]));
     assert!(!support::database_exists(&guard.name).await);
 }
 
@@ -323,8 +299,7 @@ fn migrate_new_continues_the_numbering() {
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("7_first.up.sql"), "SELECT 1;").unwrap();
     let env = [("DBMANAGER_MIGRATIONS__DIRECTORY", folder.to_str().unwrap())];
-    let output = dbmanager(&env, &["migrate", "new", "add_orders"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_success(&dbmanager(&env, &["migrate", "new", "add_orders"]));
     assert!(folder.join("8_add_orders.up.sql").exists());
     assert!(folder.join("8_add_orders.down.sql").exists());
     let bad = dbmanager(&env, &["migrate", "new", "Add Orders"]);
@@ -349,9 +324,8 @@ async fn bench_runs_a_short_load_and_reports_json() {
         "200ms",
         "--json",
     ];
-    let output = dbmanager(&env, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let printed = assert_success(&dbmanager(&env, &args));
+    let report: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(report["workload"], "select1");
     assert_eq!(report["tasks"], 4);
     assert_eq!(report["pool_size"], 2);

@@ -1,6 +1,11 @@
 //! A plain HTTP/1.1 client, enough to call the health router and the
 //! example services.
 
+/// A response body parsed as JSON; panics with the body when it is not.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
 /// A plain HTTP/1.1 GET: the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, None).await

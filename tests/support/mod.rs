@@ -10,6 +10,7 @@
 //!   for the test ([`MongoServer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
 //! - [`proxy`]: TCP proxies between a client and a server.
+//! - [`retries`]: retry policies for tests, and builds meant to fail.
 //! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client.
 //!
 //! Every helper is re-exported here, so a test names `support::pg_config`
@@ -23,6 +24,7 @@ pub mod migrations;
 pub mod mongo;
 pub mod postgres;
 pub mod proxy;
+pub mod retries;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub use migrations::*;
 pub use mongo::*;
 pub use postgres::*;
 pub use proxy::*;
+pub use retries::*;
 
 /// The workspace's root folder (where `scripts/` and `migrations/` are),
 /// from whichever member's tests include this module.
@@ -62,6 +65,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Runs `future` to its end on a current-thread runtime of its own, on the
+/// calling thread. For a thread that stands for a whole test (as
+/// `#[tokio::test]` gives each test a runtime), and for async clean-up in
+/// `Drop`, which runs inside the test's runtime and may not block it.
+pub fn block_on_own_runtime<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(future)
 }
 
 /// Polls `check` until it is true or `limit` passes; returns whether it

@@ -90,6 +90,16 @@ pub async fn sessions(admin: &str, application_name: &str) -> i64 {
     .await
 }
 
+/// Whether the sessions the shared server sees with this application name
+/// come to `count` within `limit`: the server counts a session a moment
+/// after a pool opens or closes it.
+pub async fn sessions_reach(application_name: &str, count: i64, limit: Duration) -> bool {
+    super::eventually(limit, async || {
+        sessions(&admin_url(), application_name).await == count
+    })
+    .await
+}
+
 /// Whether a database of that name exists on the shared server.
 pub async fn database_exists(name: &str) -> bool {
     query_i64(
@@ -139,11 +149,7 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
+            super::block_on_own_runtime(async {
                 if let Ok((client, connection)) =
                     tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
                 {

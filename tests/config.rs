@@ -441,3 +441,27 @@ fn debug_display_and_serialization_of_config_hide_passwords() {
         .unwrap();
     assert_eq!(size.source, "default");
 }
+
+#[test]
+fn config_show_hides_tokens_in_connection_parameters() {
+    let settings = Config::loader()
+        .no_dotenv()
+        .env_vars([
+            (
+                "MONGODB_URL",
+                "mongodb://db:27017/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:t0ken",
+            ),
+            ("DATABASE_URL", "postgres://app@db/app?password=pw1&application_name=k3y_app"),
+        ])
+        .explain()
+        .unwrap();
+    let shown: String = settings
+        .iter()
+        .map(|s| format!("{} = {}\n", s.key, s.value))
+        .collect();
+    for secret in ["t0ken", "pw1"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(shown.contains("authMechanism=MONGODB-AWS"), "{shown}");
+    assert!(shown.contains("k3y_app"), "other parameters stay: {shown}");
+}

@@ -73,3 +73,55 @@ async fn the_password_appears_in_no_output() {
     );
     sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_errors_quoting_the_password_are_scrubbed_before_they_are_logged() {
+    let logs = support::logs();
+    let db = TestDb::create("secrets_hooks").await;
+    let role = support::unique_name("hook_role");
+    sql(
+        &db.url,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'; GRANT ALL ON DATABASE \"{}\" TO {role}", db.name),
+    )
+    .await;
+    let mut config = pg_config(&url_for(&db, &role, PASSWORD));
+    config.postgres.pool.min_idle = 0;
+    let rejected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = rejected.clone();
+    // A careless hook that puts the connection string it used into its
+    // error: the first checkout is rejected, every checkin fails.
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .on_checkout(move |_| {
+            let first = first.clone();
+            Box::pin(async move {
+                if !first.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    return Err(format!("checkout refused for password {PASSWORD}").into());
+                }
+                Ok(())
+            })
+        })
+        .on_checkin(|_| {
+            Box::pin(async move { Err(format!("checkin failed with {PASSWORD}").into()) })
+        })
+        .build()
+        .await
+        .unwrap();
+    let pool = manager.postgres().unwrap();
+    drop(pool.get().await.unwrap());
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), async || pool
+            .stats()
+            .closed_hook
+            >= 2)
+        .await,
+        "both hooks failed and closed their connections: {:?}",
+        pool.stats()
+    );
+    manager.shutdown().await.unwrap();
+    let logged = logs.contents();
+    assert!(logged.contains("on_checkout hook failed"), "{logged}");
+    assert!(logged.contains("on_checkin hook failed"), "{logged}");
+    assert_hidden("hook errors in the logs", &logged);
+    sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}

@@ -160,6 +160,33 @@ mod tests {
     }
 
     #[test]
+    fn token_bearing_parameters_are_redacted_everywhere() {
+        for (url, secret) in [
+            (
+                "mongodb://h:27017/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok3n",
+                "tok3n",
+            ),
+            (
+                "postgres://app@db/app?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            ("postgres://app@db/app?sslpassword=k3ypass", "k3ypass"),
+            ("postgres://app@db/app?access_token=abc123", "abc123"),
+            ("host=db user=app sslpassword=k3ypass dbname=app", "k3ypass"),
+        ] {
+            let url = DatabaseUrl::new(url);
+            for shown in [
+                format!("{url}"),
+                format!("{url:?}"),
+                serde_json::to_string(&url).unwrap(),
+            ] {
+                assert!(!shown.contains(secret), "{shown}");
+                assert!(shown.contains(REDACTED), "{shown}");
+            }
+        }
+    }
+
+    #[test]
     fn key_value_strings_are_redacted() {
         let shown = redact_url("host=db user=app password='p w' dbname=app");
         assert!(!shown.contains("p w"), "{shown}");

@@ -175,9 +175,19 @@ impl ConnectionString {
     }
 }
 
+/// Parameters whose value is (or carries) a credential: passwords
+/// (`password`, `sslpassword`), tokens and secrets in any spelling, and
+/// MongoDB's `authMechanismProperties`, which holds an AWS session token or
+/// an OIDC token.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.contains("password") || key == "pass" || key == "sslkey"
+    key.contains("password")
+        || key.contains("token")
+        || key.contains("secret")
+        || key.contains("credential")
+        || key == "pass"
+        || key == "sslkey"
+        || key == "authmechanismproperties"
 }
 
 impl UrlParts {

@@ -190,7 +190,8 @@ impl Drop for PooledConnection {
             let object = self.object.take().expect("checked above");
             runtime.spawn(async move {
                     if let Err(e) = hook.call(&object.client).await {
-                        tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkin hook failed; closing the connection");
+                        let error = crate::config::scrub(&e.to_string(), &object.shared.secrets);
+                        tracing::warn!(target: "dbmanager::postgres", error = %error, "on_checkin hook failed; closing the connection");
                         object.shared.closed(CloseReason::Hook, 1);
                         drop(Object::take(object));
                     } else {

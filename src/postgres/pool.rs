@@ -226,9 +226,10 @@ impl PostgresPool {
                 ),
                 Ok(Err(e)) => {
                     rejected_by_hook += 1;
-                    tracing::warn!(target: "dbmanager::postgres", error = %e, "on_checkout hook failed; discarding the connection and trying another");
+                    let error = crate::config::scrub(&e.to_string(), &shared.secrets);
+                    tracing::warn!(target: "dbmanager::postgres", error = %error, "on_checkout hook failed; discarding the connection and trying another");
                     (
-                        crate::config::scrub(&e.to_string(), &shared.secrets),
+                        error,
                         rejected_by_hook > shared.settings.max_size || began.elapsed() >= wait,
                     )
                 }

@@ -1,9 +1,13 @@
 //! Async hooks run on connection events, like SQLAlchemy's pool events or
 //! HikariCP's `connectionInitSql`.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 
 use crate::error::BoxError;
 
@@ -34,9 +38,31 @@ impl Hook {
         Hook(Arc::new(f))
     }
 
+    /// Runs the hook. A panic, while the hook builds its future or while
+    /// the future runs, comes back as an error like any other failure of
+    /// the hook: the caller discards the connection and the pool, its
+    /// counts and its maintenance task carry on.
     pub(crate) fn call<'a>(&self, client: &'a tokio_postgres::Client) -> HookFuture<'a> {
-        (self.0)(client)
+        let hook = self.0.clone();
+        Box::pin(async move {
+            let future =
+                std::panic::catch_unwind(AssertUnwindSafe(|| hook(client))).map_err(panicked)?;
+            AssertUnwindSafe(future)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|payload| Err(panicked(payload)))
+        })
     }
+}
+
+/// A hook's panic as an error carrying the panic message.
+fn panicked(payload: Box<dyn Any + Send>) -> BoxError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text payload".into());
+    format!("panicked: {message}").into()
 }
 
 impl std::fmt::Debug for Hook {

@@ -458,15 +458,7 @@ async fn a_checkout_hook_that_hangs_is_bounded_by_the_wait_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_stay_available_while_the_top_up_connects() {
     let db = TestDb::create("topup").await;
-    let parsed: dbmanager::tokio_postgres::Config = db.url.parse().unwrap();
-    let upstream = format!("127.0.0.1:{}", parsed.get_ports()[0])
-        .parse()
-        .unwrap();
-    let proxy = support::SlowProxy::start(upstream).await;
-    let host = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let via_proxy = db
-        .url
-        .replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, via_proxy) = support::SlowProxy::in_front_of(&db.url).await;
     let mut config = lifecycle_config(&via_proxy);
     config.postgres.pool.min_idle = 2;
     config.postgres.pool.connect_timeout = Duration::from_secs(30);

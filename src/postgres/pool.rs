@@ -283,14 +283,27 @@ impl PostgresPool {
         wait: Duration,
     ) -> Result<Object<PgManager>> {
         let configured = self.pool.timeouts();
+        // Opening a connection counts against the caller's wait as well: a
+        // handshake that stalls (a proxy whose upstream is gone) must not
+        // hold the caller for the whole create timeout.
+        let left = started.map_or(wait, |began| wait.saturating_sub(began.elapsed()));
         let free_now = Timeouts {
             wait: Some(Duration::ZERO),
+            create: bounded(configured.create, left),
             ..configured
         };
         match self.pool.timeout_get(&free_now).await {
             Err(PoolError::Timeout(TimeoutType::Wait)) => {}
             Ok(object) => return Ok(object),
-            Err(e) => return Err(self.pool_error(e, *started.get_or_insert_with(Instant::now))),
+            Err(e) => {
+                // No clock was read before: a create that timed out used
+                // its whole budget.
+                let began = started.unwrap_or_else(|| {
+                    let now = Instant::now();
+                    now.checked_sub(left).unwrap_or(now)
+                });
+                return Err(self.create_error(e, began, configured.create, left));
+            }
         }
         let remaining = match *started {
             Some(began) => wait.saturating_sub(began.elapsed()),
@@ -301,13 +314,33 @@ impl PostgresPool {
         };
         let queued = Timeouts {
             wait: Some(remaining),
+            create: bounded(configured.create, remaining),
             ..configured
         };
         let began = started.expect("set above");
         self.pool
             .timeout_get(&queued)
             .await
-            .map_err(|e| self.pool_error(e, began))
+            .map_err(|e| self.create_error(e, began, configured.create, remaining))
+    }
+
+    /// A create timeout cut short by the caller's wait is the caller's
+    /// timeout ([`Error::PoolTimeout`] with the pool's status); any other
+    /// error as [`PostgresPool::pool_error`] reports it.
+    fn create_error(
+        &self,
+        error: PoolError<Error>,
+        began: Instant,
+        configured: Option<Duration>,
+        budget: Duration,
+    ) -> Error {
+        let cut_by_wait = configured.is_none_or(|create| budget < create);
+        match error {
+            PoolError::Timeout(TimeoutType::Create) if cut_by_wait => {
+                self.pool_error(PoolError::Timeout(TimeoutType::Wait), began)
+            }
+            other => self.pool_error(other, began),
+        }
     }
 
     fn pool_error(&self, error: PoolError<Error>, started: Instant) -> Error {
@@ -486,4 +519,10 @@ impl std::fmt::Debug for PostgresPool {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// The create timeout for one checkout: the configured one, or what is
+/// left of the caller's wait when that is shorter.
+fn bounded(create: Option<Duration>, left: Duration) -> Option<Duration> {
+    Some(create.map_or(left, |create| create.min(left)))
 }

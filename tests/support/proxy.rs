@@ -43,6 +43,18 @@ impl SlowProxy {
         }
     }
 
+    /// A proxy in front of the server of a `postgres://` URL, and the same
+    /// URL through the proxy.
+    pub async fn in_front_of(url: &str) -> (SlowProxy, String) {
+        let parsed: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
+        let port = parsed.get_ports()[0];
+        let upstream = format!("127.0.0.1:{port}").parse().unwrap();
+        let proxy = SlowProxy::start(upstream).await;
+        let host = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+        let via_proxy = url.replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
+        (proxy, via_proxy)
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Acquire)

@@ -48,10 +48,24 @@ pub struct PostgresConfig {
     /// TCP keepalives on every connection, so a peer that vanished (a
     /// failed-over host, a dropped NAT entry) is noticed. Default: `true`.
     pub keepalives: bool,
-    /// Idle time before the first keepalive probe. Default: 60 s (the OS
-    /// default of two hours lets dead connections linger).
+    /// Idle time before the first keepalive probe. Default: 30 s (the OS
+    /// default of two hours lets dead connections linger). With the
+    /// interval and retries below, an idle connection to a vanished peer is
+    /// closed within about 60 s.
     #[serde(with = "humantime_serde")]
     pub keepalives_idle: Duration,
+    /// Time between unanswered keepalive probes. Default: 10 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalives_interval: Duration,
+    /// Unanswered probes before the connection is closed. Default: 3.
+    pub keepalives_retries: u32,
+    /// How long sent data may stay unacknowledged before the kernel closes
+    /// the connection (`TCP_USER_TIMEOUT`, Linux): bounds a query in flight
+    /// to a peer that vanished without FIN or RST, which would otherwise
+    /// wait for about 15 minutes of retransmissions. Default: 30 s; unset
+    /// for the operating system's behaviour.
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Option<Duration>,
     /// Connection pool settings.
     pub pool: PostgresPoolConfig,
 }
@@ -66,7 +80,10 @@ impl Default for PostgresConfig {
             statement_timeout: None,
             idle_in_transaction_session_timeout: None,
             keepalives: true,
-            keepalives_idle: Duration::from_secs(60),
+            keepalives_idle: Duration::from_secs(30),
+            keepalives_interval: Duration::from_secs(10),
+            keepalives_retries: 3,
+            tcp_user_timeout: Some(Duration::from_secs(30)),
             pool: PostgresPoolConfig::default(),
         }
     }
@@ -223,6 +240,11 @@ impl PostgresConfig {
             p,
         );
         positive("postgres.keepalives_idle", self.keepalives_idle, p);
+        positive("postgres.keepalives_interval", self.keepalives_interval, p);
+        if self.keepalives_retries == 0 {
+            p.push("postgres.keepalives_retries", "must be at least 1");
+        }
+        positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
         self.pool.check(p);
     }
 }

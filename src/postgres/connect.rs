@@ -67,6 +67,11 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     }
     pg.keepalives(config.keepalives);
     pg.keepalives_idle(config.keepalives_idle);
+    pg.keepalives_interval(config.keepalives_interval);
+    pg.keepalives_retries(config.keepalives_retries);
+    if let Some(timeout) = config.tcp_user_timeout {
+        pg.tcp_user_timeout(timeout);
+    }
     let mut options = pg.get_options().unwrap_or_default().to_string();
     let mut set = |name: &str, value: Option<Duration>| {
         if let Some(value) = value {

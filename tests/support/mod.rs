@@ -9,7 +9,8 @@
 //! - [`mongo`]: MongoDB from `MONGODB_URL`, or a `mongoeco` server started
 //!   for the test ([`MongoServer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
-//! - [`proxy`]: TCP proxies between a client and a server.
+//! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
+//!   flows whose peer vanishes (packets dropped by the kernel).
 //! - [`retries`]: retry policies for tests, and builds meant to fail.
 //! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client.
 //!
@@ -17,6 +18,7 @@
 //! whatever file it lives in.
 #![allow(dead_code, unused_imports)]
 
+pub mod blackhole;
 pub mod cluster;
 pub mod http;
 pub mod logs;
@@ -29,6 +31,7 @@ pub mod retries;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use blackhole::*;
 pub use cluster::*;
 pub use http::*;
 pub use logs::*;

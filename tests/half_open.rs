@@ -15,10 +15,7 @@ async fn a_query_in_flight_to_a_vanished_peer_fails_transiently_within_the_tcp_t
     let db = TestDb::create("half_open").await;
     let mut config = pg_config(&db.url);
     config.postgres.pool.min_idle = 1;
-    config.postgres.keepalives_idle = Duration::from_secs(1);
-    config.postgres.keepalives_interval = Duration::from_secs(1);
-    config.postgres.keepalives_retries = 2;
-    config.postgres.tcp_user_timeout = Some(Duration::from_secs(2));
+    quick_keepalives(&mut config);
     let manager = DatabaseManager::builder()
         .config(config)
         .build()
@@ -77,4 +74,72 @@ async fn a_query_in_flight_to_a_vanished_peer_fails_transiently_within_the_tcp_t
     assert_ne!(other, port);
     drop(client);
     manager.shutdown().await.unwrap();
+}
+
+/// Keepalive settings for a test: a vanished peer is noticed in seconds.
+fn quick_keepalives(config: &mut dbmanager::Config) {
+    config.postgres.keepalives_idle = Duration::from_secs(1);
+    config.postgres.keepalives_interval = Duration::from_secs(1);
+    config.postgres.keepalives_retries = 2;
+    config.postgres.tcp_user_timeout = Some(Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_lock_holder_that_vanishes_releases_the_lock_to_the_next_replica() {
+    let db = TestDb::create("half_open_lock").await;
+    let mut holder_config = pg_config(&db.url);
+    quick_keepalives(&mut holder_config);
+    let holder_app = holder_config.postgres.application_name.clone();
+    // The holder's migration runs for an hour; the next replica's at once.
+    let dir = support::migrations_dir(&[(
+        "1_slow.up.sql",
+        &format!(
+            "SELECT pg_sleep(CASE WHEN current_setting('application_name') = '{holder_app}' THEN 3600 ELSE 0 END);\nCREATE TABLE t (id int);"
+        ),
+    )]);
+    let migrations = dbmanager::migrate::Migrations::from_dir(dir.path()).unwrap();
+    let holder = support::build(holder_config).await;
+    let running = {
+        let holder = holder.clone();
+        let migrations = migrations.clone();
+        tokio::spawn(async move { holder.migrate(&migrations).await })
+    };
+    let sleeping = format!(
+        "SELECT coalesce(max(client_port), 0)::bigint FROM pg_stat_activity WHERE application_name = '{holder_app}' AND state = 'active' AND query LIKE 'SELECT pg_sleep%'"
+    );
+    let mut port = 0;
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            port = support::query_i64(&support::admin_url(), &sleeping).await;
+            port > 0
+        })
+        .await,
+        "the holder runs its migration under the lock"
+    );
+
+    // The holder's host vanishes.
+    let blackhole = Blackhole::new();
+    let vanished = Instant::now();
+    blackhole.flow(u16::try_from(port).unwrap());
+
+    let mut next_config = pg_config(&db.url);
+    quick_keepalives(&mut next_config);
+    let next = support::build(next_config).await;
+    let report = next
+        .migrator(&migrations)
+        .unwrap()
+        .lock_timeout(Duration::from_secs(60))
+        .up()
+        .await
+        .expect("the next replica gets the lock once the server drops the holder");
+    let took = vanished.elapsed();
+    assert_eq!(report.versions(), [1]);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        running.await.unwrap().is_err(),
+        "the vanished holder's migration failed"
+    );
+    drop(blackhole);
+    next.shutdown().await.unwrap();
+    let _ = holder.shutdown().await;
 }

@@ -22,6 +22,65 @@ pub(crate) fn lock_key(scope: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
+/// How the server notices that the lock holder's client vanished without
+/// closing its connection (a killed pod, a dead host): TCP keepalives and a
+/// user timeout on the server's side of the lock session, and a check of
+/// the client's socket every `interval` while a migration statement runs
+/// (`client_connection_check_interval`, PostgreSQL 14 and later). The
+/// server then ends the session, which releases the lock, within about
+/// `idle + interval × retries` (60 s with the default `[postgres]`
+/// keepalive settings), so waiting replicas are not held for the
+/// operating system's two hours.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HolderCheck {
+    idle: Duration,
+    interval: Duration,
+    retries: u32,
+    user_timeout: Option<Duration>,
+}
+
+impl HolderCheck {
+    /// The server-side twin of `[postgres]`'s client keepalive settings.
+    pub fn from_config(config: &crate::config::PostgresConfig) -> Self {
+        HolderCheck {
+            idle: config.keepalives_idle,
+            interval: config.keepalives_interval,
+            retries: config.keepalives_retries,
+            user_timeout: config.tcp_user_timeout,
+        }
+    }
+
+    /// Sets it on the lock session. A server that lacks a setting (before
+    /// PostgreSQL 14, or over a Unix socket where TCP settings mean
+    /// nothing) keeps its default for that one.
+    async fn apply(&self, client: &Client) {
+        let seconds = |d: Duration| d.as_secs().max(1);
+        let mut settings = vec![
+            ("tcp_keepalives_idle", seconds(self.idle).to_string()),
+            (
+                "tcp_keepalives_interval",
+                seconds(self.interval).to_string(),
+            ),
+            ("tcp_keepalives_count", self.retries.to_string()),
+            (
+                "client_connection_check_interval",
+                self.interval.as_millis().max(1).to_string(),
+            ),
+        ];
+        if let Some(timeout) = self.user_timeout {
+            settings.push(("tcp_user_timeout", timeout.as_millis().max(1).to_string()));
+        }
+        for (name, value) in settings {
+            if let Err(e) = client
+                .query("SELECT set_config($1, $2, false)", &[&name, &value])
+                .await
+            {
+                tracing::debug!(target: "dbmanager::migrate", setting = name, error = %e, "lock session setting not applied");
+            }
+        }
+    }
+}
+
 /// The longest pause between two attempts to take the lock.
 const MAX_POLL: Duration = Duration::from_millis(500);
 
@@ -123,6 +182,7 @@ impl MigrationLock {
         connection: PooledConnection,
         key: i64,
         timeout: Option<Duration>,
+        holder_check: HolderCheck,
     ) -> Result<MigrationLock> {
         let cancel = (connection.cancel_token(), connection.tls());
         let lock = MigrationLock {
@@ -130,6 +190,9 @@ impl MigrationLock {
             cancel: Some(cancel),
             key,
         };
+        // Before the lock is held: if this process vanishes while holding
+        // it, the server notices and lets the next replica in.
+        holder_check.apply(lock.client()).await;
         match wait_for_lock(lock.client(), key, timeout, "migration").await {
             Ok(()) => Ok(lock),
             Err(e) => {

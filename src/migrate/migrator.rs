@@ -8,7 +8,7 @@ use tracing::Instrument;
 use super::apply;
 use super::error::MigrateError;
 use super::history::{AppliedRow, HistoryTable};
-use super::lock::{MigrationLock, lock_key};
+use super::lock::{HolderCheck, MigrationLock, lock_key};
 use super::migration::Migration;
 use super::report::{Direction, MigrateReport, MigrationRun};
 use super::source::Migrations;
@@ -56,6 +56,7 @@ impl DatabaseManager {
             table: settings.table.clone(),
             allow_out_of_order: settings.allow_out_of_order,
             lock_timeout: None,
+            holder_check: HolderCheck::from_config(&self.config().postgres),
         })
     }
 }
@@ -77,6 +78,7 @@ pub struct Migrator<'a> {
     table: String,
     allow_out_of_order: bool,
     lock_timeout: Option<Duration>,
+    holder_check: HolderCheck,
 }
 
 /// Which migrations a revert covers.
@@ -213,7 +215,13 @@ impl<'a> Migrator<'a> {
     /// table.
     pub(super) async fn session(&self) -> Result<Session> {
         let connection = self.pool.get().await?;
-        let lock = MigrationLock::acquire(connection, self.lock_key(), self.lock_timeout).await?;
+        let lock = MigrationLock::acquire(
+            connection,
+            self.lock_key(),
+            self.lock_timeout,
+            self.holder_check,
+        )
+        .await?;
         let prepared = async {
             let history = HistoryTable::resolve(lock.client(), &self.table).await?;
             history.ensure(lock.client()).await?;

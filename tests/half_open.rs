@@ -143,3 +143,78 @@ async fn a_migration_lock_holder_that_vanishes_releases_the_lock_to_the_next_rep
     next.shutdown().await.unwrap();
     let _ = holder.shutdown().await;
 }
+
+/// The client ports of this application's sessions, as the server sees
+/// them.
+async fn client_ports(application_name: &str) -> Vec<u16> {
+    let (client, connection) =
+        tokio_postgres::connect(&support::admin_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let task = tokio::spawn(connection);
+    let ports = client
+        .query(
+            "SELECT client_port FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| u16::try_from(row.get::<_, i32>(0)).unwrap())
+        .collect();
+    drop(client);
+    let _ = task.await;
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_idle_connection_half_open_callers_and_readiness_recover_within_ten_seconds() {
+    let db = TestDb::create("half_open_pool").await;
+    // Default settings, but for the URL and a name to find the sessions by.
+    let mut config = dbmanager::Config::default();
+    config.postgres.url = Some(dbmanager::DatabaseUrl::new(&db.url));
+    config.postgres.application_name = support::unique_name("half_open_pool");
+    let app = config.postgres.application_name.clone();
+    let defaults = config.postgres.pool.clone();
+    let manager = support::build(config).await;
+    let pool = manager.postgres().unwrap();
+    let ports = client_ports(&app).await;
+    assert_eq!(ports.len(), defaults.min_idle, "warmed to min_idle");
+
+    // Idle long enough that `auto` recycling checks them before reuse
+    // (the rule under test needs the time to pass, not a state to appear).
+    tokio::time::sleep(defaults.verify_after_idle + Duration::from_millis(100)).await;
+    let blackhole = Blackhole::new();
+    for port in &ports {
+        blackhole.flow(*port);
+    }
+    let vanished = Instant::now();
+
+    // A caller that gives up during the check leaves that connection closed,
+    // not back in the pool.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), pool.get()).await;
+    assert!(
+        gave_up.is_err(),
+        "the check of a half-open connection cannot answer"
+    );
+    assert_eq!(pool.stats().closed_discarded, 1, "{:?}", pool.stats());
+
+    let client = pool
+        .get()
+        .await
+        .expect("a caller is served by a new connection");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    let served = vanished.elapsed();
+    assert!(
+        support::eventually(Duration::from_secs(30), async || manager.readiness().await).await,
+        "ready again"
+    );
+    let ready = vanished.elapsed();
+    println!("served again after {served:?}, ready after {ready:?}");
+    assert!(served < Duration::from_secs(10), "served after {served:?}");
+    assert!(ready < Duration::from_secs(10), "ready after {ready:?}");
+    drop(blackhole);
+    manager.shutdown().await.unwrap();
+}

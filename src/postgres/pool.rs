@@ -14,7 +14,7 @@ use super::connect::{create_timeout, driver_config};
 use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
-use super::recycler::{Checked, PgManager, check_out};
+use super::recycler::{Checked, PgManager, check_out, idle_for};
 use super::shared::Shared;
 use crate::config::{PostgresConfig, QueueMode, url::ConnectionString};
 use crate::error::{Backend, Error, Result};
@@ -183,24 +183,28 @@ impl PostgresPool {
         let mut started: Option<Instant> = None;
         let mut rejected_by_hook = 0usize;
         let (object, checked_out_at) = loop {
-            let mut object = self.checkout(&mut started, wait).await?;
-            let metrics = Object::metrics(&object);
+            let mut object = InCheckout(Some(self.checkout(&mut started, wait).await?));
+            let metrics = Object::metrics(object.get());
             let reused = metrics.recycle_count > 0;
             let mut at = metrics.recycled.unwrap_or(metrics.created);
             if !reused && started.is_none() {
                 // Opened by this checkout: it waited for the connect.
-                started = Some(object.opening_began);
+                started = Some(object.get().opening_began);
             }
-            let verified = match check_out(&mut object, reused, at).await {
+            let budget = started.map_or(wait, |s| wait.saturating_sub(s.elapsed()));
+            let verified = match check_out(object.get_mut(), reused, at, budget).await {
                 Checked::Usable { verified } => verified,
-                Checked::Discard => {
+                checked => {
                     let began = *started.get_or_insert(at);
-                    drop(Object::take(object));
+                    object.close();
+                    if checked == Checked::Unresponsive {
+                        self.evict_unproven();
+                    }
                     // Each discarded connection may have cost a check of up
                     // to `recycle_timeout`; the caller's budget is `wait`
                     // for all of them together (a black-holed network can
                     // leave every idle connection looking open).
-                    if began.elapsed() >= wait {
+                    if checked == Checked::OutOfTime || began.elapsed() >= wait {
                         return Err(self.pool_error(PoolError::Timeout(TimeoutType::Wait), began));
                     }
                     continue;
@@ -211,14 +215,17 @@ impl PostgresPool {
                 at = Instant::now();
             }
             let Some(hook) = &shared.hooks.on_checkout else {
-                break (object, at);
+                break (object.keep(), at);
             };
             let began = *started.get_or_insert(at);
             let budget = wait.saturating_sub(began.elapsed());
-            let (reason, give_up) = match tokio::time::timeout(budget, hook.call(&object.client))
-                .await
+            let (reason, give_up) = match tokio::time::timeout(
+                budget,
+                hook.call(&object.get().client),
+            )
+            .await
             {
-                Ok(Ok(())) => break (object, Instant::now()),
+                Ok(Ok(())) => break (object.keep(), Instant::now()),
                 // Cut off mid-hook: the connection is in an unknown state.
                 Err(_) => (
                     format!("did not finish within the wait timeout ({wait:?})"),
@@ -235,7 +242,7 @@ impl PostgresPool {
                 }
             };
             shared.closed(CloseReason::Hook, 1);
-            drop(Object::take(object));
+            object.close();
             if give_up {
                 return Err(Error::Hook {
                     hook: "on_checkout",
@@ -270,6 +277,28 @@ impl PostgresPool {
             );
         }
         Ok(connection)
+    }
+
+    /// After a connection stopped answering its check (a vanished peer, a
+    /// failover), the other idle connections that have not proved
+    /// themselves recently are closed too, instead of being checked one
+    /// after another at a `recycle_timeout` each: callers open fresh
+    /// connections instead. Connections used within `verify_after_idle`
+    /// answered then and stay.
+    fn evict_unproven(&self) {
+        let now = Instant::now();
+        let proven_within = self.shared.settings.verify_after_idle;
+        let mut evicted = 0u64;
+        let removed = self.pool.retain(|conn, _| {
+            let keep = idle_for(conn, now) < proven_within;
+            evicted += u64::from(!keep);
+            keep
+        });
+        drop(removed.removed);
+        self.shared.closed(CloseReason::Broken, evicted);
+        if evicted > 0 {
+            tracing::warn!(target: "dbmanager::postgres", evicted, "a connection stopped answering its check; closed the idle connections not used recently");
+        }
     }
 
     /// One deadpool checkout: first without queueing, which sets no timer
@@ -525,4 +554,42 @@ impl std::fmt::Debug for PostgresPool {
 /// left of the caller's wait when that is shorter.
 fn bounded(create: Option<Duration>, left: Duration) -> Option<Duration> {
     Some(create.map_or(left, |create| create.min(left)))
+}
+
+/// A connection between deadpool's checkout and the caller, while it is
+/// checked and passes `on_checkout`. If the caller's future is dropped
+/// meanwhile (a timeout around `get()`, a health probe giving up), the
+/// connection may be mid-check or mid-hook, in an unknown state: it is
+/// closed instead of going back to the pool.
+struct InCheckout(Option<Object<PgManager>>);
+
+impl InCheckout {
+    fn get(&self) -> &Object<PgManager> {
+        self.0.as_ref().expect("present until kept or closed")
+    }
+
+    fn get_mut(&mut self) -> &mut Object<PgManager> {
+        self.0.as_mut().expect("present until kept or closed")
+    }
+
+    /// It passed: the caller takes it.
+    fn keep(mut self) -> Object<PgManager> {
+        self.0.take().expect("present until kept or closed")
+    }
+
+    /// Closes it; the caller has counted why.
+    fn close(mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
+impl Drop for InCheckout {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            object.shared.closed(CloseReason::Discarded, 1);
+            drop(Object::take(object));
+        }
+    }
 }

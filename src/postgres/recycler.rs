@@ -145,14 +145,24 @@ pub(crate) enum Checked {
     Usable { verified: bool },
     /// Close it (counted) and take another.
     Discard,
+    /// It did not answer its check within `recycle_timeout`: close it
+    /// (counted); its peer may have vanished, and so may the others'.
+    Unresponsive,
+    /// The caller's wait ran out before it answered: close it (counted).
+    OutOfTime,
 }
 
 /// The checks on a pooled connection that is being handed out again, at
 /// `at` (deadpool's checkout stamp): past its max lifetime it is closed;
 /// otherwise `recycling` decides whether a round trip (timed by
-/// `recycle_timeout`) proves it first. A connection opened by this checkout
-/// is not checked.
-pub(crate) async fn check_out(conn: &mut PgConnection, reused: bool, at: Instant) -> Checked {
+/// `recycle_timeout`, or the caller's remaining `budget` when shorter)
+/// proves it first. A connection opened by this checkout is not checked.
+pub(crate) async fn check_out(
+    conn: &mut PgConnection,
+    reused: bool,
+    at: Instant,
+    budget: Duration,
+) -> Checked {
     if !reused {
         return Checked::Usable { verified: false };
     }
@@ -178,17 +188,22 @@ pub(crate) async fn check_out(conn: &mut PgConnection, reused: bool, at: Instant
     // Boxed: kept out of the checkout future, which every checkout moves,
     // when no check runs.
     let check = Box::pin(conn.client.simple_query(sql));
-    match tokio::time::timeout(settings.recycle_timeout, check).await {
+    let limit = settings.recycle_timeout.min(budget);
+    match tokio::time::timeout(limit, check).await {
         Ok(Ok(_)) => Checked::Usable { verified: true },
         Ok(Err(e)) => {
             tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
             shared.closed(CloseReason::Broken, 1);
             Checked::Discard
         }
-        Err(_) => {
-            tracing::info!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+        Err(_) if limit < settings.recycle_timeout => {
             shared.closed(CloseReason::Broken, 1);
-            Checked::Discard
+            Checked::OutOfTime
+        }
+        Err(_) => {
+            tracing::warn!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+            shared.closed(CloseReason::Broken, 1);
+            Checked::Unresponsive
         }
     }
 }

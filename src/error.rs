@@ -244,11 +244,12 @@ pub enum Error {
 
     /// The MongoDB driver reported an error for an operation of the crate.
     #[cfg(feature = "mongodb")]
-    #[error("MongoDB {what} failed: {error}")]
+    #[error("MongoDB {what} failed: {}", crate::mongo::describe_error(error))]
     Mongo {
         /// What was being done.
         what: &'static str,
-        /// The driver's error; its message is already in this error's.
+        /// The driver's error; its message is already in this error's, in
+        /// one line ([`crate::mongo::describe_error`]).
         error: Box<mongodb::error::Error>,
     },
 

@@ -1,6 +1,7 @@
 //! The MongoDB side: the official driver's client, with connect retry,
 //! warm-up, pool figures from driver events, health, indexes and drain.
 
+mod describe;
 mod events;
 mod indexes;
 mod probe;
@@ -14,6 +15,7 @@ use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, Credential, Tls, TlsOptions};
 use mongodb::{Client, Database};
 
+pub use describe::describe_error;
 pub use indexes::{CollectionIndexes, IndexRef, IndexReport, IndexSpec};
 
 use crate::config::{MongoConfig, scrub, url::ConnectionString};
@@ -92,7 +94,7 @@ impl MongoHandle {
                 "mongodb.url",
                 format!(
                     "is not accepted by the MongoDB driver: {}",
-                    scrub(&e.to_string(), &secrets)
+                    scrub(&describe_error(&e), &secrets)
                 ),
             )
         })?;
@@ -110,7 +112,7 @@ impl MongoHandle {
             if let Some(mechanism) = &config.auth_mechanism {
                 credential.mechanism =
                     Some(mechanism.parse().map_err(|e: mongodb::error::Error| {
-                        Error::config("mongodb.auth_mechanism", e.to_string())
+                        Error::config("mongodb.auth_mechanism", describe_error(&e))
                     })?);
             }
             if let Some(source) = &config.auth_source {
@@ -123,7 +125,7 @@ impl MongoHandle {
                 "mongodb",
                 format!(
                     "is not accepted by the MongoDB driver: {}",
-                    scrub(&e.to_string(), &secrets)
+                    scrub(&describe_error(&e), &secrets)
                 ),
             )
         })?;
@@ -229,7 +231,7 @@ impl MongoHandle {
             backend: Backend::Mongodb,
             target: self.shared.target.clone(),
             kind,
-            reason: scrub(&error.to_string(), &self.shared.secrets),
+            reason: scrub(&describe_error(error), &self.shared.secrets),
             code,
             attempts: 1,
             elapsed,

@@ -41,6 +41,10 @@ pub use postgres::{PooledConnection, PostgresPool};
 #[cfg(feature = "testing")]
 pub use testing::TestDatabase;
 
+/// axum (0.8), re-exported for the `axum` feature's [`http`] module: build
+/// the service's router with `dbmanager::axum` to match its version.
+#[cfg(feature = "axum")]
+pub use axum;
 /// The driver crates, re-exported so applications use exactly the versions
 /// `dbmanager` was built with.
 #[cfg(feature = "postgres")]

@@ -9,6 +9,10 @@
 //!   the test ([`MongoServer`]).
 #![allow(dead_code)]
 
+mod example;
+#[allow(unused_imports)]
+pub use example::*;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -54,6 +54,30 @@ pub use mongodb;
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
 
+// The Rust blocks of docs/*.md, compiled as doctests like the README's
+// (tests/docs_snippets.rs checks that every file is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/benchmarks.md")]
+mod benchmarks_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+mod configuration_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/decisions.md")]
+mod decisions_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/from-python.md")]
+mod from_python_md {}
+#[cfg(all(doctest, feature = "axum", feature = "migrate", feature = "mongodb"))]
+#[doc = include_str!("../docs/guide.md")]
+mod guide_md {}
+#[cfg(all(doctest, feature = "migrate", feature = "testing"))]
+#[doc = include_str!("../docs/migrations.md")]
+mod migrations_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/operations.md")]
+mod operations_md {}
+
 /// What `embed_migrations!` expands to needs; not part of the API.
 #[cfg(feature = "migrate")]
 #[doc(hidden)]

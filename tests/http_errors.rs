@@ -109,7 +109,7 @@ async fn pool_timeout_and_shutting_down_are_503_with_retry_after() {
     );
 
     manager.shutdown().await.unwrap();
-    let draining = manager.postgres().map(|_| ()).unwrap_err();
+    let draining = pool.get().await.map(|_| ()).unwrap_err();
     assert!(
         matches!(draining, Error::ShuttingDown { .. }),
         "{draining:?}"

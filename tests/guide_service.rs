@@ -76,16 +76,20 @@ async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
         printed.contains("stopped: drained true"),
         "the databases drained: {printed:?}"
     );
-    assert_eq!(
-        query_i64(
+    // A backend leaves pg_stat_activity a moment after its client said
+    // goodbye: wait (bounded) rather than read once.
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+        pg.name
+    );
+    assert!(
+        support::eventually(Duration::from_secs(5), async || query_i64(
             &admin_url(),
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
-                pg.name
-            )
+            &sessions
         )
+        .await
+            == 0)
         .await,
-        0,
         "the service closed its sessions"
     );
 }

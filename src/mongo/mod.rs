@@ -290,6 +290,11 @@ impl MongoHandle {
             .is_err()
         {
             tracing::warn!(target: "dbmanager::mongodb", "the MongoDB client did not shut down within {CLIENT_SHUTDOWN_LIMIT:?}; dropping it");
+        } else {
+            let unreported = events.closed_with_client();
+            if unreported > 0 {
+                tracing::debug!(target: "dbmanager::mongodb", unreported, "connections closed with the client without a close event");
+            }
         }
         forced
     }

@@ -62,6 +62,12 @@ impl DatabaseManagerBuilder {
     }
 
     /// The start-up connect retry. Default: the configuration's `[retry]`.
+    ///
+    /// This setter wins over the configuration: the policy given here
+    /// replaces the configured `[retry]` section entirely (it is not merged
+    /// key by key), so `DBMANAGER_RETRY__MAX_ATTEMPTS` and `dbmanager.toml`'s
+    /// `[retry]` no longer apply. Leave it out to let operators tune the
+    /// retry through the configuration.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self

@@ -42,6 +42,10 @@ pub use postgres::{PooledConnection, PostgresPool};
 #[cfg(feature = "testing")]
 pub use testing::TestDatabase;
 
+/// axum (0.8), re-exported for the `axum` feature's [`http`] module: build
+/// the service's router with `dbmanager::axum` to match its version.
+#[cfg(feature = "axum")]
+pub use axum;
 /// The driver crates, re-exported so applications use exactly the versions
 /// `dbmanager` was built with.
 #[cfg(feature = "postgres")]
@@ -50,6 +54,36 @@ pub use deadpool_postgres;
 pub use mongodb;
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
+
+// The Rust blocks of docs/*.md, compiled as doctests like the README's
+// (tests/docs_snippets.rs checks that every file is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/architecture.md")]
+mod architecture_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/benchmarks.md")]
+mod benchmarks_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+mod configuration_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/decisions.md")]
+mod decisions_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/from-python.md")]
+mod from_python_md {}
+#[cfg(all(doctest, feature = "axum", feature = "migrate", feature = "mongodb"))]
+#[doc = include_str!("../docs/guide.md")]
+mod guide_md {}
+#[cfg(all(doctest, feature = "migrate", feature = "testing"))]
+#[doc = include_str!("../docs/migrations.md")]
+mod migrations_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/operations.md")]
+mod operations_md {}
+#[cfg(doctest)]
+#[doc = include_str!("../docs/reliability.md")]
+mod reliability_md {}
 
 /// What `embed_migrations!` expands to needs; not part of the API.
 #[cfg(feature = "migrate")]

@@ -75,11 +75,10 @@ impl ShutdownReport {
 ///
 /// ```no_run
 /// # async fn demo() -> dbmanager::Result<()> {
-/// use dbmanager::{Config, DatabaseManager, RetryPolicy};
+/// use dbmanager::{Config, DatabaseManager};
 ///
 /// let db = DatabaseManager::builder()
-///     .config(Config::load()?)
-///     .retry(RetryPolicy::exponential())
+///     .config(Config::load()?) // its [retry] drives the connect retry
 ///     .build()
 ///     .await?;
 /// let client = db.postgres()?.get().await?;

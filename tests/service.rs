@@ -3,83 +3,21 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{TestDb, admin_url, http, json, query_i64, unique_name};
+use support::{Example, TestDb, admin_url, http, json, query_i64, unique_name};
 
-/// The example binary, built by `cargo test` next to the test binaries.
-fn service_binary() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let binary = deps.parent().unwrap().join("examples").join("service");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo test --all-features` (or `cargo build --example service --features axum,metrics`)",
-        binary.display()
-    );
-    binary
-}
-
-struct Service {
-    env: Vec<(String, String)>,
-}
+struct Service(Example);
 
 impl Service {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(service_binary());
-        command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-        for var in [
-            "DATABASE_URL",
-            "TEST_DATABASE_URL",
-            "MONGODB_URL",
-            "DBMANAGER_CONFIG",
-            "PORT",
-        ] {
-            command.env_remove(var);
-        }
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        command
-    }
-
     fn seed(&self) -> String {
-        let output = self.command(&["seed"]).output().unwrap();
+        let output = self.0.command(&["seed"]).output().unwrap();
         assert!(
             output.status.success(),
             "seed failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Starts serving; returns the child and its address once it listens.
-    fn start(&self) -> (Child, SocketAddr) {
-        let mut child = self
-            .command(&[])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the service printed its address")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                break addr.parse().unwrap();
-            }
-        };
-        // Keep reading stdout so the service never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        (child, addr)
     }
 }
 
@@ -89,7 +27,8 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     let (mongo_url, _mongo) = support::mongo();
     let mongo_db = unique_name("service");
     let port = support::free_port();
-    let service = Service {
+    let service = Service(Example {
+        name: "service",
         env: vec![
             ("DATABASE_URL".into(), pg.url.clone()),
             ("MONGODB_URL".into(), mongo_url.clone()),
@@ -101,7 +40,7 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
             ("PORT".into(), port.to_string()),
             ("RUST_LOG".into(), "warn".into()),
         ],
-    };
+    });
 
     // Seeding twice leaves the same data.
     assert!(service.seed().contains("seeded"));
@@ -114,7 +53,8 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     assert_eq!(count("users").await, 3);
     assert_eq!(count("system_configs").await, 1);
 
-    let (mut child, addr) = service.start();
+    let running = service.0.start();
+    let addr = running.addr;
 
     // Users (PostgreSQL).
     let (code, body) = http(
@@ -218,28 +158,25 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     // SIGTERM while a slow request is in flight: it finishes, then exit 0.
     let slow = tokio::spawn(async move { http(addr, "GET", "/slow/1500", None).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    running.terminate();
     let (code, body) = slow.await.unwrap();
     assert_eq!(code, 200, "the in-flight request finished: {body}");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, _) = running.wait().await;
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(
-        query_i64(
+    // A backend leaves pg_stat_activity a moment after its client said
+    // goodbye: wait (bounded) rather than read once.
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+        pg.name
+    );
+    assert!(
+        support::eventually(Duration::from_secs(5), async || query_i64(
             &admin_url(),
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
-                pg.name
-            )
+            &sessions
         )
+        .await
+            == 0)
         .await,
-        0,
         "the service closed its sessions"
     );
     let _ = mongo_url;

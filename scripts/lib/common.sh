@@ -12,6 +12,10 @@ MONGOECO_VERSION="${MONGOECO_VERSION:-4.11.0}"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Every early `return` in these helpers says `return 0`: a bare `return`
+# inside a trap handler returns the status of the command that fired the
+# trap, so under `set -e` a cleanup on a failed run would stop half-way.
+
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root to run: $*"; fi
 }
@@ -21,10 +25,10 @@ as_root() {
 pg_bindir() {
     local dir
     for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; return; fi
+        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; return 0; fi
     done
     if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
-        dirname "$(readlink -f "$(command -v initdb)")"; return
+        dirname "$(readlink -f "$(command -v initdb)")"; return 0
     fi
     log "installing PostgreSQL server binaries (apt-get install postgresql)"
     as_root apt-get update -qq >&2
@@ -36,13 +40,13 @@ pg_bindir() {
 # with what to install.
 python313() {
     local candidate root
-    if [ -n "${MONGOECO_PYTHON:-}" ]; then echo "$MONGOECO_PYTHON"; return; fi
+    if [ -n "${MONGOECO_PYTHON:-}" ]; then echo "$MONGOECO_PYTHON"; return 0; fi
     root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
     for candidate in $(ls -d "$root"/versions/3.1[3-9]*/bin/python3 2>/dev/null | sort -V -r) \
                      /usr/bin/python3.13 /usr/local/bin/python3.13 python3; do
         if command -v "$candidate" >/dev/null 2>&1 \
            && "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)' 2>/dev/null; then
-            command -v "$candidate"; return
+            command -v "$candidate"; return 0
         fi
     done
     die "the MongoDB test server (mongoeco) needs Python >= 3.13: install it (e.g. 'pyenv install 3.13'), set MONGOECO_PYTHON, or set MONGODB_URL to a running MongoDB"
@@ -51,7 +55,7 @@ python313() {
 # The virtual environment with mongoeco[wire]; created on first use.
 ensure_mongoeco() {
     if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import mongoeco.wire' 2>/dev/null; then
-        echo "$VENV/bin/python"; return
+        echo "$VENV/bin/python"; return 0
     fi
     local py; py="$(python313)"
     log "creating $VENV with mongoeco[wire]==$MONGOECO_VERSION ($py)"
@@ -100,16 +104,18 @@ start_postgres() {
     echo "postgres://postgres:$password@127.0.0.1:$port/postgres"
 }
 
+# Stops the cluster of start_postgres. Never fails: it runs in EXIT traps.
 stop_postgres() {
-    local link="$1" dir bindir run=()
+    local link="$1" dir bindir="" run=()
     dir="$(readlink -f "$link" 2>/dev/null || echo "$link")"
     if [ -d "$dir/data" ]; then
-        bindir="$(pg_bindir)"
-        [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+        bindir="$(pg_bindir)" || true
+        if [ "$(id -u)" = 0 ]; then run=(runuser -u postgres --); fi
         "${run[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     fi
     # A cluster kept outside the checkout goes with its link.
-    if [ -L "$link" ]; then rm -rf "$dir"; rm -f "$link"; fi
+    if [ -L "$link" ]; then rm -rf "$dir" || true; rm -f "$link" || true; fi
+    return 0
 }
 
 # Starts the mongoeco server with a SCRAM user and prints its URL.
@@ -130,12 +136,29 @@ start_mongoeco() {
     echo "mongodb://$user:$password@127.0.0.1:$port/?authSource=admin&authMechanism=SCRAM-SHA-256"
 }
 
+# Stops the server of start_mongoeco. Never fails: it runs in EXIT traps.
 stop_mongoeco() {
-    local dir="$1"
+    local dir="$1" pid
     [ -f "$dir/mongo.pid" ] || return 0
-    local pid; pid="$(cat "$dir/mongo.pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/mongo.pid"
+    pid="$(cat "$dir/mongo.pid" 2>/dev/null)" || true
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/mongo.pid" || true
+    return 0
+}
+
+# The EXIT trap of a script that started servers in run directory $1:
+# stops PostgreSQL and mongoeco and removes the directory, whatever the
+# status the script is exiting with (errexit is off here, so one failing
+# step cannot skip the rest). The script keeps its exit status.
+stop_run() {
+    set +e
+    local dir="$1"
+    stop_postgres "$dir/pg"
+    stop_mongoeco "$dir"
+    rm -rf "$dir"
+    return 0
 }

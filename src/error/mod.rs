@@ -6,6 +6,8 @@
 //! messages are checked for the configured password before they are kept.
 
 mod classify;
+#[cfg(feature = "mongodb")]
+mod describe_mongo;
 mod kind;
 mod problems;
 
@@ -18,6 +20,8 @@ pub(crate) use classify::classify_mongo;
 pub(crate) use classify::classify_postgres;
 #[cfg(feature = "postgres")]
 pub use classify::describe_postgres;
+#[cfg(feature = "mongodb")]
+pub use describe_mongo::describe_mongo;
 pub use kind::{Backend, FailureKind};
 pub(crate) use problems::{Problems, at_most_a_year, pool_size, positive, positive_opt};
 
@@ -153,11 +157,12 @@ pub enum Error {
 
     /// The MongoDB driver reported an error for an operation of the crate.
     #[cfg(feature = "mongodb")]
-    #[error("MongoDB {what} failed: {error}")]
+    #[error("MongoDB {what} failed: {}", describe_mongo(error))]
     Mongo {
         /// What was being done.
         what: &'static str,
-        /// The driver's error; its message is already in this error's.
+        /// The driver's error; its message is already in this error's, in
+        /// one line ([`crate::mongo::describe_error`]).
         error: Box<mongodb::error::Error>,
     },
 

@@ -125,6 +125,25 @@ impl PoolEvents {
         }
     }
 
+    /// The client has shut down, and its pool with it: any connection still
+    /// counted as open is gone. The driver does not always report the close
+    /// of a connection it was still establishing when the pool closed, which
+    /// would leave `open` above zero for good. Returns how many were
+    /// counted closed here.
+    pub fn closed_with_client(&self) -> usize {
+        let left = clamp(self.open.swap(0, Ordering::AcqRel));
+        self.checked_out
+            .lock()
+            .expect("checked-out set lock")
+            .clear();
+        if left > 0 {
+            self.closed.fetch_add(left as u64, Ordering::Relaxed);
+            metrics::connections_closed(Backend::Mongodb, CloseReason::Shutdown, left as u64);
+        }
+        self.changed.notify_waiters();
+        left
+    }
+
     fn record_wait(&self, wait: Duration) {
         let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         self.checkouts.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@ use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, Credential, Tls, TlsOptions};
 use mongodb::{Client, Database};
 
+pub use crate::error::describe_mongo as describe_error;
 pub use indexes::{CollectionIndexes, IndexRef, IndexReport, IndexSpec};
 
 use crate::config::{MongoConfig, scrub, url::ConnectionString};
@@ -92,7 +93,7 @@ impl MongoHandle {
                 "mongodb.url",
                 format!(
                     "is not accepted by the MongoDB driver: {}",
-                    scrub(&e.to_string(), &secrets)
+                    scrub(&describe_error(&e), &secrets)
                 ),
             )
         })?;
@@ -110,7 +111,7 @@ impl MongoHandle {
             if let Some(mechanism) = &config.auth_mechanism {
                 credential.mechanism =
                     Some(mechanism.parse().map_err(|e: mongodb::error::Error| {
-                        Error::config("mongodb.auth_mechanism", e.to_string())
+                        Error::config("mongodb.auth_mechanism", describe_error(&e))
                     })?);
             }
             if let Some(source) = &config.auth_source {
@@ -123,7 +124,7 @@ impl MongoHandle {
                 "mongodb",
                 format!(
                     "is not accepted by the MongoDB driver: {}",
-                    scrub(&e.to_string(), &secrets)
+                    scrub(&describe_error(&e), &secrets)
                 ),
             )
         })?;
@@ -231,7 +232,7 @@ impl MongoHandle {
             backend: Backend::Mongodb,
             target: self.shared.target.clone(),
             kind,
-            reason: scrub(&error.to_string(), &self.shared.secrets),
+            reason: scrub(&describe_error(error), &self.shared.secrets),
             code,
             attempts: 1,
             elapsed,
@@ -290,6 +291,11 @@ impl MongoHandle {
             .is_err()
         {
             tracing::warn!(target: "dbmanager::mongodb", "the MongoDB client did not shut down within {CLIENT_SHUTDOWN_LIMIT:?}; dropping it");
+        } else {
+            let unreported = events.closed_with_client();
+            if unreported > 0 {
+                tracing::debug!(target: "dbmanager::mongodb", unreported, "connections closed with the client without a close event");
+            }
         }
         forced
     }

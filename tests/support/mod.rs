@@ -12,6 +12,7 @@
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
 //! - [`retries`]: retry policies for tests, and builds meant to fail.
+//! - [`example`]: the example services run as processes.
 //! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client.
 //!
 //! Every helper is re-exported here, so a test names `support::pg_config`
@@ -20,6 +21,7 @@
 
 pub mod blackhole;
 pub mod cluster;
+pub mod example;
 pub mod http;
 pub mod logs;
 pub mod migrations;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 pub use blackhole::*;
 pub use cluster::*;
+pub use example::*;
 pub use http::*;
 pub use logs::*;
 pub use migrations::*;

@@ -1,0 +1,95 @@
+//! The guide's service (examples/guide.rs, shown whole in docs/guide.md)
+//! started as a process: it migrates, serves, writes both databases, and on
+//! SIGTERM finishes the request in flight, drains and exits 0.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Example, TestDb, admin_url, http, query_i64, unique_name};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
+    let pg = TestDb::adopt(&unique_name("guide"));
+    let (mongo_url, _mongo) = support::mongo();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let guide = Example {
+        name: "guide",
+        env: vec![
+            ("DATABASE_URL".into(), pg.url.clone()),
+            ("MONGODB_URL".into(), mongo_url),
+            ("DBMANAGER_MONGODB__DATABASE".into(), unique_name("guide")),
+            ("PORT".into(), port.to_string()),
+        ],
+    };
+    let running = guide.start();
+    let addr = running.addr;
+
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"email":"ada@example.com","name":"Ada"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = http(addr, "GET", "/users", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ada@example.com"), "{body}");
+    // The same email again breaks the unique index: the transaction rolls
+    // back and dbmanager::Error answers 500 with its JSON body.
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"email":"ada@example.com","name":"Ada again"}"#),
+    )
+    .await;
+    assert_eq!(code, 500, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["kind"], "postgres", "{body}");
+    assert!(error["error"].as_str().unwrap().contains("23505"), "{body}");
+    assert_eq!(
+        query_i64(&pg.url, "SELECT count(*) FROM users").await,
+        1,
+        "the failed transaction left nothing behind"
+    );
+    let (code, body) = http(addr, "GET", "/health/ready", None).await;
+    assert_eq!(code, 200, "{body}");
+
+    // SIGTERM while a slow request is in flight: it finishes, then exit 0.
+    let slow = tokio::spawn(async move { http(addr, "GET", "/slow/1500", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.terminate();
+    let (code, body) = slow.await.unwrap();
+    assert_eq!(code, 200, "the in-flight request finished: {body}");
+    let (status, printed) = running.wait().await;
+    assert!(
+        status.success(),
+        "exit status {status:?} (143 would mean SIGTERM was not handled)"
+    );
+    assert!(
+        printed.contains("stopped: drained true"),
+        "the databases drained: {printed:?}"
+    );
+    // A backend leaves pg_stat_activity a moment after its client said
+    // goodbye: wait (bounded) rather than read once.
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+        pg.name
+    );
+    assert!(
+        support::eventually(Duration::from_secs(5), async || query_i64(
+            &admin_url(),
+            &sessions
+        )
+        .await
+            == 0)
+        .await,
+        "the service closed its sessions"
+    );
+}

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Example, TestDb, admin_url, http, query_i64, unique_name};
+use support::{Example, TestDb, http, query_i64, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
@@ -76,20 +76,8 @@ async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
         printed.contains("stopped: drained true"),
         "the databases drained: {printed:?}"
     );
-    // A backend leaves pg_stat_activity a moment after its client said
-    // goodbye: wait (bounded) rather than read once.
-    let sessions = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
-        pg.name
-    );
     assert!(
-        support::eventually(Duration::from_secs(5), async || query_i64(
-            &admin_url(),
-            &sessions
-        )
-        .await
-            == 0)
-        .await,
+        support::database_sessions_reach(&pg.name, 0, Duration::from_secs(5)).await,
         "the service closed its sessions"
     );
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dbmanager::{DatabaseManager, Error};
+use dbmanager::Error;
 use support::{Blackhole, TestDb, pg_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,11 +16,7 @@ async fn a_query_in_flight_to_a_vanished_peer_fails_transiently_within_the_tcp_t
     let mut config = pg_config(&db.url);
     config.postgres.pool.min_idle = 1;
     quick_keepalives(&mut config);
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
     let client = pool.get().await.unwrap();
     let port: i32 = client

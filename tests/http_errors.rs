@@ -71,11 +71,7 @@ async fn pool_timeout_and_shutting_down_are_503_with_retry_after() {
     let mut config = pg_config(&db.url);
     config.postgres.pool.max_size = 1;
     config.postgres.pool.min_idle = 1;
-    let manager = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let manager = support::build(config).await;
     let pool = manager.postgres().unwrap();
 
     let held = pool.get().await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dbmanager::mongo::{CollectionIndexes, IndexSpec};
 use dbmanager::mongodb::bson::{Document, doc};
-use dbmanager::{Config, DatabaseManager, DatabaseUrl, Error, RetryPolicy};
+use dbmanager::{Config, DatabaseUrl, Error, RetryPolicy};
 use support::{MongoServer, unique_name};
 
 const DEBUG_DUMPS: [&str; 4] = ["Kind:", "labels:", "source: None", "server response:"];
@@ -35,11 +35,7 @@ async fn a_stopped_server_gives_one_line_naming_the_operation_server_and_cause()
     config.retry = RetryPolicy::exponential()
         .initial_delay(Duration::from_millis(50))
         .max_attempts(3);
-    let db = DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .unwrap();
+    let db = support::build(config).await;
     let mongo = db.mongo().unwrap();
     server.kill();
 

@@ -18,18 +18,30 @@ fn url_for(db: &TestDb, role: &str, password: &str) -> String {
     support::with_credentials(&db.url, role, &encode(password))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_appears_in_no_output() {
-    let logs = support::logs();
-    let db = TestDb::create("secrets").await;
-    let role = support::unique_name("secret_role");
+/// A login role with [`PASSWORD`] and every privilege on the database, and
+/// the URL that connects as it. Dropped by [`drop_role`].
+async fn role_with_the_password(db: &TestDb, prefix: &str) -> (String, String) {
+    let role = support::unique_name(prefix);
     sql(
         &db.url,
         &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'; GRANT ALL ON DATABASE \"{}\" TO {role}", db.name),
     )
     .await;
+    let url = url_for(db, &role, PASSWORD);
+    (role, url)
+}
 
-    let config: Config = pg_config(&url_for(&db, &role, PASSWORD));
+async fn drop_role(db: &TestDb, role: &str) {
+    sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_appears_in_no_output() {
+    let logs = support::logs();
+    let db = TestDb::create("secrets").await;
+    let (role, url) = role_with_the_password(&db, "secret_role").await;
+
+    let config: Config = pg_config(&url);
     assert_hidden("config Debug", &format!("{config:?}"));
     assert_hidden("config JSON", &serde_json::to_string(&config).unwrap());
 
@@ -71,20 +83,15 @@ async fn the_password_appears_in_no_output() {
         logs.contents().contains("connected to PostgreSQL"),
         "logs were captured"
     );
-    sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+    drop_role(&db, &role).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hook_errors_quoting_the_password_are_scrubbed_before_they_are_logged() {
     let logs = support::logs();
     let db = TestDb::create("secrets_hooks").await;
-    let role = support::unique_name("hook_role");
-    sql(
-        &db.url,
-        &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'; GRANT ALL ON DATABASE \"{}\" TO {role}", db.name),
-    )
-    .await;
-    let mut config = pg_config(&url_for(&db, &role, PASSWORD));
+    let (role, url) = role_with_the_password(&db, "hook_role").await;
+    let mut config = pg_config(&url);
     config.postgres.pool.min_idle = 0;
     let rejected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let first = rejected.clone();
@@ -123,5 +130,5 @@ async fn hook_errors_quoting_the_password_are_scrubbed_before_they_are_logged() 
     assert!(logged.contains("on_checkout hook failed"), "{logged}");
     assert!(logged.contains("on_checkin hook failed"), "{logged}");
     assert_hidden("hook errors in the logs", &logged);
-    sql(&db.url, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+    drop_role(&db, &role).await;
 }

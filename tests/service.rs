@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Example, TestDb, admin_url, http, json, query_i64, unique_name};
+use support::{Example, TestDb, http, json, query_i64, unique_name};
 
 struct Service(Example);
 
@@ -163,20 +163,8 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     assert_eq!(code, 200, "the in-flight request finished: {body}");
     let (status, _) = running.wait().await;
     assert!(status.success(), "exit status {status:?}");
-    // A backend leaves pg_stat_activity a moment after its client said
-    // goodbye: wait (bounded) rather than read once.
-    let sessions = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
-        pg.name
-    );
     assert!(
-        support::eventually(Duration::from_secs(5), async || query_i64(
-            &admin_url(),
-            &sessions
-        )
-        .await
-            == 0)
-        .await,
+        support::database_sessions_reach(&pg.name, 0, Duration::from_secs(5)).await,
         "the service closed its sessions"
     );
     let _ = mongo_url;

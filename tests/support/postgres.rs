@@ -100,6 +100,17 @@ pub async fn sessions_reach(application_name: &str, count: i64, limit: Duration)
     .await
 }
 
+/// Waits (bounded by `limit`) until the shared server has `count` sessions
+/// on `database`: a backend leaves `pg_stat_activity` a moment after its
+/// client said goodbye, so a single read would race it.
+pub async fn database_sessions_reach(database: &str, count: i64, limit: Duration) -> bool {
+    let sessions = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'");
+    super::eventually(limit, async || {
+        query_i64(&admin_url(), &sessions).await == count
+    })
+    .await
+}
+
 /// Whether a database of that name exists on the shared server.
 pub async fn database_exists(name: &str) -> bool {
     query_i64(

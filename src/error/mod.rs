@@ -191,6 +191,43 @@ pub enum Error {
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
 
+    /// A transaction failed with an error worth retrying (a serialization
+    /// failure, a deadlock, a lost connection) on every attempt its retry
+    /// policy allowed; `last` is the error of the last attempt.
+    #[error("{backend} transaction failed on all {attempts} attempt{}: {last}", if *attempts == 1 { "" } else { "s" })]
+    TransactionRetriesExhausted {
+        /// The database.
+        backend: Backend,
+        /// How many times the transaction ran.
+        attempts: u32,
+        /// The last attempt's error (its message is already in this one's).
+        last: Box<Error>,
+    },
+
+    /// The connection was lost after `COMMIT` was sent and before the
+    /// server answered: the transaction may or may not have committed. It
+    /// is not run again; check whether its effects are present first.
+    #[error(
+        "{backend} transaction outcome unknown: the connection failed after COMMIT was sent ({reason}); check whether its effects are present before running it again"
+    )]
+    CommitOutcomeUnknown {
+        /// The database.
+        backend: Backend,
+        /// The attempt whose commit was lost (1 for the first).
+        attempt: u32,
+        /// The driver's message.
+        reason: String,
+    },
+
+    /// A transaction closure gave up with an error of its own
+    /// ([`Error::abort`]): the transaction was rolled back. The error is
+    /// kept for [`Error::aborted`] to hand back.
+    #[error("transaction rolled back: {reason}")]
+    Aborted {
+        /// The closure's error; its message is already in this one's.
+        reason: BoxError,
+    },
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {
@@ -260,6 +297,37 @@ impl Error {
             Error::Postgres { error, .. } => error.code().map(|c| c.code()),
             #[cfg(feature = "migrate")]
             Error::Migrate(error) => error.sqlstate(),
+            Error::TransactionRetriesExhausted { last, .. } => last.sqlstate(),
+            _ => None,
+        }
+    }
+
+    /// An error that rolls back a transaction run by
+    /// `PostgresPool::transaction` or `MongoHandle::transaction` for a
+    /// reason of the caller's own (insufficient funds, a failed check):
+    /// `return Err(Error::abort(MyError::Overdrawn))`. It is never retried.
+    pub fn abort(reason: impl Into<BoxError>) -> Self {
+        Error::Aborted {
+            reason: reason.into(),
+        }
+    }
+
+    /// The caller's error inside an [`Error::Aborted`], when it is an `E`.
+    pub fn aborted<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Aborted { reason } => reason.downcast_ref::<E>(),
+            Error::TransactionRetriesExhausted { last, .. } => last.aborted(),
+            _ => None,
+        }
+    }
+
+    /// How many times a transaction ran before it gave up: the count of an
+    /// [`Error::TransactionRetriesExhausted`] or the attempt of an
+    /// [`Error::CommitOutcomeUnknown`].
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Error::TransactionRetriesExhausted { attempts, .. } => Some(*attempts),
+            Error::CommitOutcomeUnknown { attempt, .. } => Some(*attempt),
             _ => None,
         }
     }
@@ -270,6 +338,17 @@ impl Error {
     pub fn postgres_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
             Error::Postgres { error, .. } => Some(error),
+            Error::TransactionRetriesExhausted { last, .. } => last.postgres_error(),
+            _ => None,
+        }
+    }
+
+    /// The underlying MongoDB driver error (its labels, code, ...).
+    #[cfg(feature = "mongodb")]
+    pub fn mongo_error(&self) -> Option<&mongodb::error::Error> {
+        match self {
+            Error::Mongo { error, .. } => Some(error),
+            Error::TransactionRetriesExhausted { last, .. } => last.mongo_error(),
             _ => None,
         }
     }

@@ -27,6 +27,10 @@ pub struct PooledConnection {
     object: Option<Object<PgManager>>,
     checked_out_at: Instant,
     leak_watch: Option<LeakWatch>,
+    /// Set by the transaction helper while its transaction is open: if the
+    /// checkout ends then (its future dropped), the connection is closed
+    /// instead of returned, so no one is handed a session inside it.
+    pub(super) in_transaction: bool,
 }
 
 /// Watches one checkout for leaks, like HikariCP's leak task: a timer that
@@ -52,6 +56,7 @@ impl PooledConnection {
             object: Some(object),
             checked_out_at,
             leak_watch,
+            in_transaction: false,
         }
     }
 
@@ -176,6 +181,18 @@ impl std::fmt::Debug for PooledConnection {
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         if self.object.is_none() {
+            return;
+        }
+        if self.in_transaction {
+            // A transaction helper's future was dropped mid-transaction: a
+            // drop cannot await a ROLLBACK, and closing the session makes
+            // the server roll back.
+            tracing::info!(target: "dbmanager::postgres", "a transaction was abandoned before it ended; closing its connection so the server rolls it back");
+            self.finish();
+            self.shared().closed(CloseReason::Discarded, 1);
+            if let Some(object) = self.object.take() {
+                drop(Object::take(object));
+            }
             return;
         }
         let now = self.finish();

@@ -11,12 +11,19 @@ mod recycler;
 mod shared;
 #[cfg(feature = "tls")]
 mod tls;
+mod transaction;
 
 pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
-pub use deadpool_postgres::{ClientWrapper, Transaction};
+pub use deadpool_postgres::ClientWrapper;
+/// The transaction a [`PostgresPool::transaction`] closure receives:
+/// deadpool-postgres' wrapper of `tokio_postgres::Transaction`, so every
+/// query method works, plus `prepare_cached`.
+pub use deadpool_postgres::Transaction;
 pub use hooks::{Hook, HookFuture};
 pub use pool::{PoolStats, PostgresPool};
+pub use tokio_postgres::IsolationLevel;
+pub use transaction::TransactionOptions;
 
 #[cfg(feature = "migrate")]
 pub(crate) use connect::{Connector, connect_error, driver_config};

@@ -71,3 +71,85 @@ impl Drop for SlowProxy {
         self.task.abort();
     }
 }
+
+/// A TCP proxy whose flows can lose their replies and then be cut: with
+/// `hold_replies` the client's bytes still reach the server but nothing
+/// comes back; `cut` closes every flow. The way to lose a connection after
+/// a request was delivered and before its answer arrived.
+pub struct CuttingProxy {
+    pub port: u16,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let flows_hold = hold.clone();
+        let flows_cut = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let hold = flows_hold.clone();
+                let mut cut = flows_cut.subscribe();
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                            if hold.load(Ordering::Acquire) {
+                                continue;
+                            }
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        CuttingProxy {
+            port,
+            hold,
+            cut,
+            task,
+        }
+    }
+
+    /// From now on, the server's replies are dropped.
+    pub fn hold_replies(&self) {
+        self.hold.store(true, Ordering::Release);
+    }
+
+    /// Closes every flow (both sockets of each).
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,500 @@
+//! The transaction helper against a real PostgreSQL server: commit, roll
+//! back on error, panic and drop, retry of conflicts, the limit of
+//! attempts, an unknown commit outcome, and the transaction options.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dbmanager::postgres::{IsolationLevel, TransactionOptions};
+use dbmanager::retry::Jitter;
+use dbmanager::{DatabaseManager, Error, PooledConnection, RetryPolicy};
+use futures_util::FutureExt;
+use support::{CuttingProxy, TestDb, eventually, pg_config, query_i64, query_text, sql};
+
+/// A pool of one connection, so "the next checkout" is the same connection
+/// unless it was closed.
+async fn single_connection_pool(url: &str) -> DatabaseManager {
+    let mut config = pg_config(url);
+    config.postgres.pool.max_size = 1;
+    config.postgres.pool.min_idle = 0;
+    support::build(config).await
+}
+
+fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::exponential()
+        .initial_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(50))
+        .max_attempts(attempts)
+        .jitter(Jitter::None)
+}
+
+async fn backend_pid(client: &PooledConnection) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether a session is inside a transaction block: in autocommit a
+/// one-message query is a transaction of its own that has written nothing
+/// and started with the statement.
+async fn in_transaction_block(client: &PooledConnection) -> bool {
+    let rows = client
+        .simple_query(
+            "SELECT txid_current_if_assigned() IS NOT NULL OR now() <> statement_timestamp()",
+        )
+        .await
+        .unwrap();
+    rows.iter().any(|m| match m {
+        dbmanager::tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+        _ => false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_commits_and_returns_the_value() {
+    let db = TestDb::create("tx_commit").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = support::build(pg_config(&db.url)).await;
+
+    let inserted = manager
+        .postgres()
+        .unwrap()
+        .transaction(async |tx| {
+            let n = tx.execute("INSERT INTO t VALUES (1), (2)", &[]).await?;
+            Ok(n)
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(inserted, 2);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_serializable_transactions_are_retried_and_both_apply_once() {
+    let db = TestDb::create("tx_conflict").await;
+    sql(&db.url, "CREATE TABLE ledger (n int NOT NULL)").await;
+    let manager = support::build(pg_config(&db.url)).await;
+    // Both read the table before either writes: under SERIALIZABLE the two
+    // "insert the sum plus one" transactions cannot both commit.
+    let both_read = Arc::new(tokio::sync::Barrier::new(2));
+    let attempts = Arc::new(AtomicU32::new(0));
+
+    let run = |barrier: Arc<tokio::sync::Barrier>, attempts: Arc<AtomicU32>| {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mine = AtomicU32::new(0);
+            let options = TransactionOptions::new()
+                .isolation(IsolationLevel::Serializable)
+                .retry(quick_retry(5));
+            manager
+                .postgres()
+                .unwrap()
+                .transaction_with(options, async move |tx| {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    let first = mine.fetch_add(1, Ordering::SeqCst) == 0;
+                    let row = tx
+                        .query_one("SELECT coalesce(sum(n), 0)::int FROM ledger", &[])
+                        .await?;
+                    let sum: i32 = row.get(0);
+                    if first {
+                        barrier.wait().await;
+                    }
+                    tx.execute("INSERT INTO ledger VALUES ($1)", &[&(sum + 1)])
+                        .await?;
+                    Ok(mine.load(Ordering::SeqCst))
+                })
+                .await
+        })
+    };
+    let a = run(both_read.clone(), attempts.clone());
+    let b = run(both_read.clone(), attempts.clone());
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+
+    let mut runs = [a, b];
+    runs.sort();
+    assert_eq!(runs, [1, 2], "one ran once, the other was retried once");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM ledger").await, 2);
+    assert_eq!(
+        query_text(
+            &db.url,
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM ledger"
+        )
+        .await,
+        "1,2",
+        "the retried transaction saw the other's row: each effect is there once"
+    );
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not enough stock")]
+struct OutOfStock;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_rolls_back_and_the_same_connection_comes_back_outside_a_transaction() {
+    let db = TestDb::create("tx_err").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = single_connection_pool(&db.url).await;
+    let pool = manager.postgres().unwrap();
+    let attempts = AtomicU32::new(0);
+    let mut pid = 0;
+
+    let error = pool
+        .transaction(async |tx| -> dbmanager::Result<()> {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            pid = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            Err(Error::abort(OutOfStock))
+        })
+        .await
+        .unwrap_err();
+
+    assert!(error.aborted::<OutOfStock>().is_some(), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "transaction rolled back: not enough stock"
+    );
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "an abort is not retried"
+    );
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
+    let next = pool.get().await.unwrap();
+    assert_eq!(
+        backend_pid(&next).await,
+        pid,
+        "the connection went back to the pool"
+    );
+    assert!(!in_transaction_block(&next).await);
+    next.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    drop(next);
+    assert_eq!(
+        query_i64(&db.url, "SELECT count(*) FROM t").await,
+        1,
+        "autocommit again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_rolls_back_and_is_not_retried() {
+    let db = TestDb::create("tx_fail").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = single_connection_pool(&db.url).await;
+    let attempts = AtomicU32::new(0);
+
+    let error = manager
+        .postgres()
+        .unwrap()
+        .transaction(async |tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.sqlstate(), Some("23505"), "{error}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_rolls_back_resumes_and_the_connection_comes_back_outside_a_transaction() {
+    let db = TestDb::create("tx_panic").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = single_connection_pool(&db.url).await;
+    let pid = Arc::new(AtomicU32::new(0));
+
+    // Spawned: the helper's future is Send, and the panic reaches the task.
+    let task = {
+        let manager = manager.clone();
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            manager
+                .postgres()
+                .unwrap()
+                .transaction(async move |tx| -> dbmanager::Result<()> {
+                    let backend: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                    pid.store(backend as u32, Ordering::SeqCst);
+                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                    panic!("closure panicked");
+                })
+                .await
+        })
+    };
+    let panic = task.await.unwrap_err();
+    assert!(panic.is_panic());
+    let message = panic.into_panic();
+    assert_eq!(message.downcast_ref::<&str>(), Some(&"closure panicked"));
+
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
+    let pool = manager.postgres().unwrap();
+    let next = pool.get().await.unwrap();
+    assert_eq!(
+        backend_pid(&next).await as u32,
+        pid.load(Ordering::SeqCst),
+        "the same connection"
+    );
+    assert!(!in_transaction_block(&next).await);
+    assert_eq!(pool.stats().closed_discarded, 0);
+
+    // Caught in place as well, without a task boundary.
+    let caught = std::panic::AssertUnwindSafe(
+        pool.transaction(async |_tx| -> dbmanager::Result<()> { panic!("again") }),
+    )
+    .catch_unwind();
+    drop(next);
+    assert!(caught.await.is_err());
+    let next = pool.get().await.unwrap();
+    assert!(!in_transaction_block(&next).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_future_rolls_back_and_its_connection_is_closed() {
+    let db = TestDb::create("tx_drop").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = single_connection_pool(&db.url).await;
+    let (wrote, written) = tokio::sync::oneshot::channel::<i32>();
+
+    let task = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut wrote = Some(wrote);
+            manager
+                .postgres()
+                .unwrap()
+                .transaction(async move |tx| -> dbmanager::Result<()> {
+                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                    let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                    if let Some(wrote) = wrote.take() {
+                        let _ = wrote.send(pid);
+                    }
+                    std::future::pending::<()>().await;
+                    Ok(())
+                })
+                .await
+        })
+    };
+    let pid = written.await.unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    // The abandoned session ends, and with it the transaction.
+    let gone = eventually(Duration::from_secs(10), async || {
+        query_i64(
+            &db.url,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert!(gone, "the connection of the dropped transaction was closed");
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
+    // Its row lock is gone too: the same key can be written.
+    sql(&db.url, "INSERT INTO t VALUES (1)").await;
+
+    let pool = manager.postgres().unwrap();
+    assert_eq!(pool.stats().closed_discarded, 1);
+    let next = pool.get().await.unwrap();
+    assert_ne!(backend_pid(&next).await, pid);
+    assert!(!in_transaction_block(&next).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_attempts_give_the_last_error_with_the_attempt_count() {
+    let db = TestDb::create("tx_exhaust").await;
+    let manager = single_connection_pool(&db.url).await;
+    let attempts = AtomicU32::new(0);
+    let options = TransactionOptions::new().retry(quick_retry(3));
+
+    let error = manager
+        .postgres()
+        .unwrap()
+        .transaction_with(options, async |tx| -> dbmanager::Result<()> {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            tx.batch_execute(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'conflict {n}' USING ERRCODE = 'serialization_failure'; END $$"
+            ))
+            .await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert!(
+        matches!(
+            &error,
+            Error::TransactionRetriesExhausted { attempts: 3, .. }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.attempts(), Some(3));
+    assert_eq!(error.sqlstate(), Some("40001"));
+    let text = error.to_string();
+    assert!(
+        text.starts_with("PostgreSQL transaction failed on all 3 attempts: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("conflict 3"),
+        "the last attempt's error: {text}"
+    );
+    let next = manager.postgres().unwrap().get().await.unwrap();
+    assert!(!in_transaction_block(&next).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_is_retried_like_a_serialization_failure() {
+    let db = TestDb::create("tx_deadlock").await;
+    let manager = support::build(pg_config(&db.url)).await;
+    let attempts = AtomicU32::new(0);
+    let options = TransactionOptions::new().retry(quick_retry(3));
+
+    let value = manager
+        .postgres()
+        .unwrap()
+        .transaction_with(options, async |tx| {
+            if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                tx.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$",
+                )
+                .await?;
+            }
+            Ok(7)
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(value, 7);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_refuses_a_write_and_isolation_is_applied() {
+    let db = TestDb::create("tx_options").await;
+    sql(&db.url, "CREATE TABLE t (id int)").await;
+    let manager = support::build(pg_config(&db.url)).await;
+    let pool = manager.postgres().unwrap();
+    let attempts = AtomicU32::new(0);
+
+    let error = pool
+        .transaction_with(TransactionOptions::new().read_only(true), async |tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.sqlstate(), Some("25006"), "{error}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+
+    let options = TransactionOptions::new()
+        .isolation(IsolationLevel::Serializable)
+        .read_only(true)
+        .deferrable(true);
+    let settings: String = pool
+        .transaction_with(options, async |tx| {
+            let row = tx
+                .query_one(
+                    "SELECT current_setting('transaction_isolation') || ' ' || \
+                            current_setting('transaction_read_only') || ' ' || \
+                            current_setting('transaction_deferrable')",
+                    &[],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(settings, "serializable on on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome_not_a_retry() {
+    let db = TestDb::create("tx_unknown").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let parsed: dbmanager::tokio_postgres::Config = db.url.parse().unwrap();
+    let upstream = format!("127.0.0.1:{}", parsed.get_ports()[0])
+        .parse()
+        .unwrap();
+    let proxy = CuttingProxy::start(upstream).await;
+    let host = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+    let via_proxy = db
+        .url
+        .replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
+    let manager = single_connection_pool(&via_proxy).await;
+    let attempts = Arc::new(AtomicU32::new(0));
+
+    let task = {
+        let manager = manager.clone();
+        let attempts = attempts.clone();
+        let proxy_hold = Arc::new(proxy);
+        let proxy = proxy_hold.clone();
+        let handle = tokio::spawn(async move {
+            manager
+                .postgres()
+                .unwrap()
+                .transaction(async move |tx| {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                    // The COMMIT that follows reaches the server; its answer
+                    // does not come back.
+                    proxy.hold_replies();
+                    Ok(())
+                })
+                .await
+        });
+        (handle, proxy_hold)
+    };
+    let (handle, proxy) = task;
+    let committed = eventually(Duration::from_secs(10), async || {
+        query_i64(&db.url, "SELECT count(*) FROM t").await == 1
+    })
+    .await;
+    assert!(committed, "the COMMIT reached the server");
+    proxy.cut();
+    let error = handle.await.unwrap().unwrap_err();
+
+    assert!(
+        matches!(&error, Error::CommitOutcomeUnknown { attempt: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("outcome unknown"), "{error}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "never run again");
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_before_commit_runs_the_closure_again_on_another() {
+    let db = TestDb::create("tx_lost").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let manager = single_connection_pool(&db.url).await;
+    let attempts = AtomicU32::new(0);
+
+    manager
+        .postgres()
+        .unwrap()
+        .transaction(async |tx| {
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                tx.query("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
+}

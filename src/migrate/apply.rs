@@ -45,6 +45,14 @@ pub(crate) async fn run(
             }
         },
     };
+    if script.unwrapped {
+        tracing::info!(
+            target: "dbmanager::migrate",
+            file = %script.file,
+            "{} wraps its body in BEGIN/COMMIT: running it in the migration's own transaction instead",
+            script.file
+        );
+    }
     if script.transactional {
         client
             .batch_execute("BEGIN")

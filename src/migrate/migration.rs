@@ -28,6 +28,10 @@ pub(crate) struct Script {
     pub checksum: String,
     /// False with the `-- dbmanager:no-transaction` directive.
     pub transactional: bool,
+    /// Whether the file wrapped its body in `BEGIN` ... `COMMIT`, which
+    /// were dropped from `statements`: the migration's own transaction
+    /// takes their place.
+    pub unwrapped: bool,
     pub statements: Vec<Statement>,
 }
 
@@ -69,13 +73,14 @@ impl Script {
                 )));
             }
         };
-        let statements =
+        let mut statements =
             split(&text).map_err(|e| invalid(format!("line {}: {}", e.line, e.problem)))?;
+        let unwrapped = transactional && unwrap_transaction(&mut statements);
         if transactional
             && let Some(control) = statements.iter().find(|s| s.is_transaction_control())
         {
             return Err(invalid(format!(
-                "line {}: `{}` controls the transaction the migration runs in; remove it (each migration runs in a transaction of its own) or put `{NO_TRANSACTION_DIRECTIVE}` on the first line",
+                "line {}: `{}` controls the transaction the migration runs in; remove it (each migration runs in a transaction of its own; only a `BEGIN` first and `COMMIT` last wrapping the whole file are taken as that transaction) or put `{NO_TRANSACTION_DIRECTIVE}` on the first line",
                 control.line,
                 control.excerpt(40)
             )));
@@ -84,9 +89,41 @@ impl Script {
             file: file.to_string(),
             checksum: hex(&Sha256::digest(text.as_bytes())),
             transactional,
+            unwrapped,
             statements,
         })
     }
+}
+
+/// Drops a `BEGIN` / `START TRANSACTION` first statement and a `COMMIT` /
+/// `END` last one (golang-migrate histories wrap files so, that tool adding
+/// no transaction of its own); returns whether it did. A `BEGIN` with
+/// options (isolation, read only) or `COMMIT AND CHAIN` is kept, and then
+/// refused like any other transaction control.
+fn unwrap_transaction(statements: &mut Vec<Statement>) -> bool {
+    fn words(s: &Statement) -> Vec<&str> {
+        s.words.iter().map(String::as_str).collect()
+    }
+    let opens = |s: &Statement| {
+        matches!(
+            words(s).as_slice(),
+            ["begin"] | ["begin", "work" | "transaction"] | ["start", "transaction"]
+        )
+    };
+    let closes = |s: &Statement| {
+        matches!(
+            words(s).as_slice(),
+            ["commit" | "end"] | ["commit" | "end", "work" | "transaction"]
+        )
+    };
+    let wrapped = statements.len() >= 2
+        && statements.first().is_some_and(opens)
+        && statements.last().is_some_and(closes);
+    if wrapped {
+        statements.pop();
+        statements.remove(0);
+    }
+    wrapped
 }
 
 /// The `dbmanager:` directive of the first line, if any.
@@ -193,15 +230,60 @@ mod tests {
 
     #[test]
     fn transaction_control_in_a_transactional_migration_is_refused() {
-        let err = Script::parse("1_a.up.sql", b"BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;")
+        let err = Script::parse("1_a.up.sql", b"CREATE TABLE t (id int);\nCOMMIT;")
             .err()
             .unwrap();
-        assert!(err.to_string().contains("line 1: `BEGIN`"), "{err}");
+        assert!(err.to_string().contains("line 2: `COMMIT`"), "{err}");
+        let err = Script::parse(
+            "1_a.up.sql",
+            b"BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;\nBEGIN;\nSELECT 1;\nCOMMIT;",
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("line 3: `COMMIT`"), "{err}");
+        let err = Script::parse(
+            "1_a.up.sql",
+            b"BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("line 1: `BEGIN ISOLATION"),
+            "{err}"
+        );
         let ok = Script::parse(
             "1_a.up.sql",
             b"-- dbmanager:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;",
-        );
-        assert!(ok.is_ok());
+        )
+        .unwrap();
+        assert!(!ok.unwrapped);
+        assert_eq!(ok.statements.len(), 3);
+    }
+
+    #[test]
+    fn a_body_wrapped_in_begin_and_commit_runs_in_the_migration_transaction() {
+        for (open, close) in [
+            ("BEGIN", "COMMIT"),
+            ("begin transaction", "end"),
+            ("START TRANSACTION", "COMMIT WORK"),
+            ("BEGIN WORK", "END TRANSACTION"),
+        ] {
+            let content = format!(
+                "-- wrapped\n{open};\nCREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n{close};\n"
+            );
+            let script = Script::parse("1_a.up.sql", content.as_bytes()).unwrap();
+            assert!(script.unwrapped, "{open} / {close}");
+            assert!(script.transactional);
+            let sql: Vec<&str> = script.statements.iter().map(|s| s.sql.as_str()).collect();
+            assert_eq!(sql, ["CREATE TABLE t (id int)", "INSERT INTO t VALUES (1)"]);
+            assert_eq!(
+                script.checksum,
+                checksum(&content),
+                "over the file as written"
+            );
+        }
+        let plain = Script::parse("1_a.up.sql", b"CREATE TABLE t (id int);").unwrap();
+        assert!(!plain.unwrapped);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use dbmanager::migrate::AdoptFrom;
 
 /// Operate the databases of a dbmanager service: wait for them, create and
 /// migrate them, check their health, show the configuration.
@@ -139,6 +140,17 @@ pub enum MigrateCommand {
     /// Re-record checksums after a deliberate edit of applied migrations,
     /// and forget applied migrations whose files are gone.
     Repair,
+    /// Record the migrations another tool applied (its history table is
+    /// read, not changed), so `migrate up` continues from there.
+    Adopt {
+        /// The tool: golang-migrate, sqlx or refinery.
+        #[arg(long, value_parser = parse_tool)]
+        from: AdoptFrom,
+    },
+}
+
+fn parse_tool(value: &str) -> Result<AdoptFrom, String> {
+    value.parse()
 }
 
 #[derive(Debug, Subcommand)]

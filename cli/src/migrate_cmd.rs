@@ -1,4 +1,4 @@
-//! `dbmanager migrate up|down|status|new|repair`.
+//! `dbmanager migrate up|down|status|new|repair|adopt`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -64,6 +64,27 @@ pub async fn run(config: Config, command: MigrateCommand) -> dbmanager::Result<E
             }
             for version in &r.removed {
                 crate::emit(&format!("forgot {version} (its file is gone)"));
+            }
+        }),
+        MigrateCommand::Adopt { from } => migrator.adopt(from).await.map(|r| {
+            if r.applied.is_empty() {
+                crate::emit(&format!(
+                    "{} ({}) records no applied migration",
+                    r.from, r.table
+                ));
+            }
+            for version in &r.recorded {
+                crate::emit(&format!("recorded {version} (applied by {})", r.from));
+            }
+            if !r.already_recorded.is_empty() {
+                crate::emit(&format!(
+                    "already recorded: {}",
+                    r.already_recorded
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
         }),
         MigrateCommand::New { .. } => unreachable!("handled above"),

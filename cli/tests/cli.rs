@@ -197,6 +197,7 @@ fn every_subcommand_has_help() {
         vec!["migrate", "status", "--help"],
         vec!["migrate", "new", "--help"],
         vec!["migrate", "repair", "--help"],
+        vec!["migrate", "adopt", "--help"],
         vec!["bench", "--help"],
     ] {
         let output = dbmanager(&[], &args);
@@ -290,6 +291,63 @@ async fn db_create_twice_then_migrate_up_status_down_then_drop() {
     assert!(support::database_exists(&guard.name).await);
     assert_success(&dbmanager(&env, &["db", "drop", "--force"]));
     assert!(!support::database_exists(&guard.name).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adopt_records_golang_migrate_history_then_up_applies_the_rest() {
+    let db = TestDb::create("cli_adopt").await;
+    let dir = support::migrations_dir(&[
+        (
+            "1_create_users.up.sql",
+            "BEGIN;\nCREATE TABLE users (id bigint PRIMARY KEY);\nCOMMIT;\n",
+        ),
+        (
+            "2_create_posts.up.sql",
+            "BEGIN;\nCREATE TABLE posts (id bigint PRIMARY KEY);\nCOMMIT;\n",
+        ),
+    ]);
+    support::sql(
+        &db.url,
+        "CREATE TABLE users (id bigint PRIMARY KEY);
+         CREATE TABLE IF NOT EXISTS \"schema_migrations\" (version bigint not null primary key, dirty boolean not null);
+         INSERT INTO \"schema_migrations\" (version, dirty) VALUES (1, false);",
+    )
+    .await;
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        (
+            "DBMANAGER_MIGRATIONS__DIRECTORY",
+            dir.path().to_str().unwrap(),
+        ),
+    ];
+
+    let adopt = dbmanager(&env, &["migrate", "adopt", "--from", "golang-migrate"]);
+    assert!(adopt.status.success(), "{}", stderr(&adopt));
+    assert_eq!(
+        stdout(&adopt).trim(),
+        "recorded 1 (applied by golang-migrate)"
+    );
+    let again = dbmanager(&env, &["migrate", "adopt", "--from", "golang-migrate"]);
+    assert_eq!(stdout(&again).trim(), "already recorded: 1");
+    let up = dbmanager(&env, &["migrate", "up"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert!(
+        stdout(&up).starts_with("up 2_create_posts"),
+        "{}",
+        stdout(&up)
+    );
+
+    support::sql(&db.url, "UPDATE schema_migrations SET dirty = true").await;
+    let dirty = dbmanager(&env, &["migrate", "adopt", "--from", "golang-migrate"]);
+    let line = assert_one_line_failure(&dirty);
+    assert!(line.contains("is dirty at version 1"), "{line}");
+    let unknown = dbmanager(&env, &["migrate", "adopt", "--from", "flyway"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("golang-migrate, sqlx or refinery"),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[test]

@@ -162,6 +162,44 @@ pub enum MigrateError {
         rolled_back: bool,
     },
 
+    /// [`super::Migrator::adopt`] found no history table of that tool on
+    /// the session's `search_path`.
+    #[error("no {tool} history to adopt: table `{table}` not found on the search_path")]
+    AdoptNoHistory {
+        /// The tool (`golang-migrate`, `sqlx`, `refinery`).
+        tool: &'static str,
+        /// The table looked for.
+        table: &'static str,
+    },
+
+    /// The other tool's history says a migration failed partway (a dirty
+    /// golang-migrate state, a sqlx row with `success = false`): the schema
+    /// is in an unknown state, so nothing is adopted.
+    #[error("{tool} history {table} {problem}; nothing was adopted")]
+    AdoptDirty {
+        /// The tool.
+        tool: &'static str,
+        /// Its table, `schema.table`.
+        table: String,
+        /// The versions concerned.
+        versions: Vec<i64>,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+
+    /// Versions the other tool applied that have no migration file here.
+    #[error(
+        "{tool} applied migration{} {} but {} no file among the migrations; add the file{} (same version) and adopt again; nothing was adopted",
+        plural(versions.len()), list(versions), if versions.len() == 1 { "it has" } else { "they have" },
+        plural(versions.len())
+    )]
+    AdoptMissing {
+        /// The tool.
+        tool: &'static str,
+        /// The versions, ascending.
+        versions: Vec<i64>,
+    },
+
     /// The migration lock was not acquired within the lock timeout.
     #[error("timed out after {waited:?} waiting for the migration lock{}", holder.map(|p| format!(" (held by server process {p})")).unwrap_or_default())]
     LockTimeout {
@@ -188,7 +226,9 @@ impl MigrateError {
             MigrateError::Changed { versions, .. }
             | MigrateError::Missing { versions }
             | MigrateError::OutOfOrder { versions, .. }
-            | MigrateError::MissingDown { versions } => versions.clone(),
+            | MigrateError::MissingDown { versions }
+            | MigrateError::AdoptDirty { versions, .. }
+            | MigrateError::AdoptMissing { versions, .. } => versions.clone(),
             MigrateError::DuplicateVersion { version, .. }
             | MigrateError::DownWithoutUp { version, .. }
             | MigrateError::UnknownVersion { version } => vec![*version],

@@ -1,4 +1,5 @@
-//! Reversible SQL migrations with a lock, and database bootstrap.
+//! Reversible SQL migrations with a lock, database bootstrap, and the
+//! adoption of golang-migrate, sqlx and refinery histories.
 //!
 //! A migration is a pair of files in one folder:
 //!
@@ -45,6 +46,7 @@
 //! See `docs/migrations.md` for the file format, the lock, checksums and a
 //! table of Alembic commands and their equivalents.
 
+mod adopt;
 mod apply;
 mod bootstrap;
 mod error;
@@ -58,6 +60,7 @@ mod source;
 mod split;
 mod status;
 
+pub use adopt::{AdoptFrom, AdoptReport};
 pub use bootstrap::{Bootstrap, BootstrapReport, DatabaseBootstrap};
 pub use error::MigrateError;
 pub use migration::{Migration, NO_TRANSACTION_DIRECTIVE};

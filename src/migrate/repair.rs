@@ -119,7 +119,7 @@ impl Migrator<'_> {
     }
 
     /// Runs history edits in one transaction.
-    async fn in_transaction(
+    pub(super) async fn in_transaction(
         &self,
         session: &Session,
         what: &'static str,

@@ -1,0 +1,315 @@
+//! Taking over the history of another migration tool (golang-migrate, sqlx,
+//! refinery): the versions it applied are recorded in dbmanager's history
+//! with the checksums of the files, so `up` continues where it stopped.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+use tracing::Instrument;
+
+use super::error::MigrateError;
+use super::migrator::{Migrator, Session};
+use crate::error::{Error, Result};
+
+/// The migration tool whose history [`Migrator::adopt`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum AdoptFrom {
+    /// golang-migrate: `schema_migrations(version bigint, dirty boolean)`,
+    /// one row, the current version; every version up to it is applied.
+    GolangMigrate,
+    /// sqlx: `_sqlx_migrations`, one row per migration with `success`.
+    Sqlx,
+    /// refinery: `refinery_schema_history`, one row per applied migration.
+    Refinery,
+}
+
+impl AdoptFrom {
+    /// Every tool, in the order of the command line's help.
+    pub const ALL: [AdoptFrom; 3] = [
+        AdoptFrom::GolangMigrate,
+        AdoptFrom::Sqlx,
+        AdoptFrom::Refinery,
+    ];
+
+    /// The tool's name on the command line: `golang-migrate`, `sqlx`,
+    /// `refinery`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdoptFrom::GolangMigrate => "golang-migrate",
+            AdoptFrom::Sqlx => "sqlx",
+            AdoptFrom::Refinery => "refinery",
+        }
+    }
+
+    /// The history table the tool creates by default, found through the
+    /// session's `search_path`.
+    pub fn table(self) -> &'static str {
+        match self {
+            AdoptFrom::GolangMigrate => "schema_migrations",
+            AdoptFrom::Sqlx => "_sqlx_migrations",
+            AdoptFrom::Refinery => "refinery_schema_history",
+        }
+    }
+}
+
+impl fmt::Display for AdoptFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AdoptFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        AdoptFrom::ALL
+            .into_iter()
+            .find(|tool| tool.name() == s)
+            .ok_or_else(|| {
+                format!("`{s}` is not a known tool: use golang-migrate, sqlx or refinery")
+            })
+    }
+}
+
+/// What [`Migrator::adopt`] found and recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AdoptReport {
+    /// The tool whose history was read.
+    pub from: AdoptFrom,
+    /// Its history table, `schema.table`.
+    pub table: String,
+    /// The versions it had applied, ascending.
+    pub applied: Vec<i64>,
+    /// Those newly recorded in dbmanager's history by this call.
+    pub recorded: Vec<i64>,
+    /// Those dbmanager's history had already (an earlier adopt).
+    pub already_recorded: Vec<i64>,
+}
+
+impl Migrator<'_> {
+    /// Records in dbmanager's history the migrations another tool applied,
+    /// with the checksums of the files here, so that [`Migrator::up`]
+    /// applies only what that tool had not. Runs no migration SQL; the
+    /// other tool's table is read, never changed. Calling it again records
+    /// nothing new.
+    ///
+    /// The files keep their versions: golang-migrate and sqlx file names
+    /// (`<version>_<name>.up.sql`) are dbmanager's already; refinery's
+    /// `V<version>__<name>.sql` are renamed `<version>_<name>.up.sql`.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
+    /// use dbmanager::migrate::{AdoptFrom, Migrations};
+    ///
+    /// let migrations = Migrations::from_dir("migrations")?;
+    /// let migrator = db.migrator(&migrations)?;
+    /// let report = migrator.adopt(AdoptFrom::GolangMigrate).await?;
+    /// println!("recorded {:?}", report.recorded);
+    /// migrator.up().await?; // only what golang-migrate had not applied
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`MigrateError::AdoptNoHistory`] when the tool's table is not found;
+    /// - [`MigrateError::AdoptDirty`] for a dirty golang-migrate state or
+    ///   failed sqlx migrations (nothing is recorded);
+    /// - [`MigrateError::AdoptMissing`] for applied versions without a file;
+    /// - [`MigrateError::LockTimeout`]; pool, connection and query errors.
+    pub async fn adopt(&self, from: AdoptFrom) -> Result<AdoptReport> {
+        let span = tracing::info_span!("dbmanager.migrate", operation = "adopt", from = from.name(), database = %self.pool.database());
+        async {
+            let session = self.session().await?;
+            let result = self.adopt_locked(&session, from).await;
+            session.finish(result).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn adopt_locked(&self, session: &Session, from: AdoptFrom) -> Result<AdoptReport> {
+        let client = session.lock.client();
+        let table = find_table(client, from).await?;
+        let applied = match from {
+            AdoptFrom::GolangMigrate => self.golang_migrate_applied(client, &table).await?,
+            AdoptFrom::Sqlx => sqlx_applied(client, &table).await?,
+            AdoptFrom::Refinery => {
+                read_versions(
+                    client,
+                    &format!("SELECT version::bigint FROM {table} ORDER BY version"),
+                )
+                .await?
+            }
+        };
+        let missing: Vec<i64> = applied
+            .iter()
+            .copied()
+            .filter(|v| self.migrations.get(*v).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(MigrateError::AdoptMissing {
+                tool: from.name(),
+                versions: missing,
+            }
+            .into());
+        }
+        let recorded_before = session.history.applied(client).await?;
+        let mut report = AdoptReport {
+            from,
+            table: table.clone(),
+            applied: applied.clone(),
+            recorded: Vec::new(),
+            already_recorded: Vec::new(),
+        };
+        self.in_transaction(session, "recording an adopted migration history", async {
+            for version in &applied {
+                if recorded_before.iter().any(|r| r.version == *version) {
+                    report.already_recorded.push(*version);
+                    continue;
+                }
+                let migration = self.migrations.get(*version).expect("checked above");
+                session
+                    .history
+                    .record(
+                        client,
+                        *version,
+                        migration.name(),
+                        migration.checksum(),
+                        Duration::ZERO,
+                    )
+                    .await?;
+                report.recorded.push(*version);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(
+            target: "dbmanager::migrate",
+            from = from.name(),
+            table = %table,
+            recorded = ?report.recorded,
+            already_recorded = ?report.already_recorded,
+            "adopted the migration history of {}", from.name()
+        );
+        Ok(report)
+    }
+
+    /// golang-migrate keeps one row: the version it reached, and whether a
+    /// migration failed halfway (dirty). Every file up to it is applied.
+    async fn golang_migrate_applied(&self, client: &Client, table: &str) -> Result<Vec<i64>> {
+        let rows = client
+            .query(&format!("SELECT version, dirty FROM {table}"), &[])
+            .await
+            .map_err(|e| Error::postgres("reading golang-migrate's history", e))?;
+        if rows.len() > 1 {
+            return Err(MigrateError::AdoptDirty {
+                tool: "golang-migrate",
+                table: table.to_string(),
+                versions: rows.iter().map(|r| r.get(0)).collect(),
+                problem: "holds more than one row; golang-migrate keeps exactly one".into(),
+            }
+            .into());
+        }
+        let Some(row) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let (version, dirty): (i64, bool) = (row.get(0), row.get(1));
+        if dirty {
+            return Err(MigrateError::AdoptDirty {
+                tool: "golang-migrate",
+                table: table.to_string(),
+                versions: vec![version],
+                problem: format!(
+                    "is dirty at version {version}: that migration failed partway; repair the schema by hand, then `migrate force` it with golang-migrate"
+                ),
+            }
+            .into());
+        }
+        let mut applied: Vec<i64> = self
+            .migrations
+            .iter()
+            .map(|m| m.version())
+            .filter(|v| *v <= version)
+            .collect();
+        // The current version must be a file here too.
+        if version > 0 && !applied.contains(&version) {
+            applied.push(version);
+        }
+        Ok(applied)
+    }
+}
+
+/// sqlx keeps a row per migration; `success = false` is a failed one, which
+/// sqlx itself reports as dirty.
+async fn sqlx_applied(client: &Client, table: &str) -> Result<Vec<i64>> {
+    let rows = client
+        .query(
+            &format!("SELECT version, success FROM {table} ORDER BY version"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading sqlx's history", e))?;
+    let failed: Vec<i64> = rows
+        .iter()
+        .filter(|r| !r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    if !failed.is_empty() {
+        return Err(MigrateError::AdoptDirty {
+            tool: "sqlx",
+            table: table.to_string(),
+            problem: format!(
+                "records failed migration{} {} (success = false); repair the schema by hand and delete {} there",
+                if failed.len() == 1 { "" } else { "s" },
+                list(&failed),
+                if failed.len() == 1 { "that row" } else { "those rows" }
+            ),
+            versions: failed,
+        }
+        .into());
+    }
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn read_versions(client: &Client, sql: &str) -> Result<Vec<i64>> {
+    let rows = client
+        .query(sql, &[])
+        .await
+        .map_err(|e| Error::postgres("reading refinery's history", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The tool's table as the session's `search_path` finds it, quoted and
+/// schema-qualified.
+async fn find_table(client: &Client, from: AdoptFrom) -> Result<String> {
+    let row = client
+        .query_opt(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = to_regclass(quote_ident($1))",
+            &[&from.table()],
+        )
+        .await
+        .map_err(|e| Error::postgres("looking for the history table to adopt", e))?;
+    row.map(|row| row.get(0)).ok_or_else(|| {
+        MigrateError::AdoptNoHistory {
+            tool: from.name(),
+            table: from.table(),
+        }
+        .into()
+    })
+}
+
+fn list(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

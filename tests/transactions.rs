@@ -498,3 +498,87 @@ async fn a_connection_lost_before_commit_runs_the_closure_again_on_another() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
 }
+
+fn mongo_config(url: &str) -> dbmanager::Config {
+    let mut config = dbmanager::Config::default();
+    config.mongodb.url = Some(dbmanager::DatabaseUrl::new(url));
+    config.mongodb.database = Some(support::unique_name("dbm_tx"));
+    config.mongodb.pool.min_size = 1;
+    config.mongodb.server_selection_timeout = Duration::from_secs(2);
+    config.mongodb.connect_timeout = Duration::from_secs(2);
+    config
+}
+
+/// Proven against mongoeco (the default test server) and any mongod given
+/// by MONGODB_URL: writes in the transaction are invisible outside it until
+/// the commit, an `Err` and a panic abort them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
+    use dbmanager::mongodb::bson::{Document, doc};
+    let (url, _server) = support::mongo();
+    let manager = support::build(mongo_config(&url)).await;
+    let mongo = manager.mongo().unwrap();
+    let coll = mongo.database().collection::<Document>("orders");
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+
+    let seen = mongo
+        .transaction(async |session| {
+            coll.insert_one(doc! { "_id": 1 })
+                .session(&mut *session)
+                .await?;
+            let inside = coll.count_documents(doc! {}).session(&mut *session).await?;
+            let outside = coll.count_documents(doc! {}).await?;
+            Ok((inside, outside))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        (2, 1),
+        "the insert is visible only inside the transaction"
+    );
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2, "committed");
+
+    let attempts = AtomicU32::new(0);
+    let error = mongo
+        .transaction(async |session| -> dbmanager::Result<()> {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            coll.insert_one(doc! { "_id": 2 })
+                .session(&mut *session)
+                .await?;
+            Err(Error::abort(OutOfStock))
+        })
+        .await
+        .unwrap_err();
+    assert!(error.aborted::<OutOfStock>().is_some(), "{error:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2, "aborted");
+
+    let task = {
+        let coll = coll.clone();
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .mongo()
+                .unwrap()
+                .transaction(async move |session| -> dbmanager::Result<()> {
+                    coll.insert_one(doc! { "_id": 3 })
+                        .session(&mut *session)
+                        .await?;
+                    panic!("closure panicked");
+                })
+                .await
+        })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(
+        coll.count_documents(doc! {}).await.unwrap(),
+        2,
+        "aborted by the panic"
+    );
+    assert_eq!(
+        coll.find_one(doc! { "_id": 3 }).await.unwrap(),
+        None,
+        "the panicking transaction left nothing"
+    );
+}

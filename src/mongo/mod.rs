@@ -4,6 +4,7 @@
 mod events;
 mod indexes;
 mod probe;
+mod transaction;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use mongodb::{Client, Database};
 
 pub use crate::error::describe_mongo as describe_error;
 pub use indexes::{CollectionIndexes, IndexRef, IndexReport, IndexSpec};
+pub use transaction::TransactionOptions;
 
 use crate::config::{MongoConfig, scrub, url::ConnectionString};
 use crate::error::classify_mongo;

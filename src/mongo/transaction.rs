@@ -1,0 +1,248 @@
+//! MongoDB transactions that end by themselves, over the driver's sessions:
+//! commit on `Ok`, abort on `Err` and on a panic, rerun on
+//! `TransientTransactionError` and retry the commit on
+//! `UnknownTransactionCommitResult`, as the driver specification's
+//! convenient transaction API does.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use mongodb::ClientSession;
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+
+use super::MongoHandle;
+use crate::error::{Backend, Error, Result};
+use crate::retry::{Jitter, RetryPolicy};
+
+/// MaxTimeMSExpired: a commit that timed out on the server is not retried
+/// (the specification's exception to retrying unknown commit results).
+const MAX_TIME_MS_EXPIRED: i32 = 50;
+
+/// How [`MongoHandle::transaction_with`] runs a transaction: the driver's
+/// transaction options (read and write concern, read preference, max
+/// commit time) and when to try again.
+///
+/// ```
+/// use std::time::Duration;
+/// use dbmanager::mongo::TransactionOptions;
+/// use dbmanager::mongodb::options::{TransactionOptions as DriverOptions, WriteConcern};
+///
+/// let options = TransactionOptions::new()
+///     .driver(DriverOptions::builder().write_concern(WriteConcern::majority()).build())
+///     .retry(TransactionOptions::default_retry().max_elapsed(Duration::from_secs(30)));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct TransactionOptions {
+    driver: Option<mongodb::options::TransactionOptions>,
+    retry: Option<RetryPolicy>,
+}
+
+impl TransactionOptions {
+    /// The session's defaults and [`TransactionOptions::default_retry`].
+    pub fn new() -> Self {
+        TransactionOptions::default()
+    }
+
+    /// The retry of [`MongoHandle::transaction`]: the driver
+    /// specification's 120 s limit, any number of attempts, waits from
+    /// 10 ms doubling up to 1 s with full jitter (the specification retries
+    /// at once; a short wait lets the conflicting transaction finish).
+    pub fn default_retry() -> RetryPolicy {
+        RetryPolicy::exponential()
+            .initial_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_secs(1))
+            .unlimited_attempts()
+            .max_elapsed(Duration::from_secs(120))
+            .jitter(Jitter::Full)
+    }
+
+    /// Sets the driver's options for the transaction. Default: the
+    /// session's (the client's read and write concern).
+    pub fn driver(mut self, options: mongodb::options::TransactionOptions) -> Self {
+        self.driver = Some(options);
+        self
+    }
+
+    /// Sets when the closure (or the commit) runs again. Default:
+    /// [`TransactionOptions::default_retry`]; [`RetryPolicy::none`] tries
+    /// once.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
+fn is_max_time_expired(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Command(command) => command.code == MAX_TIME_MS_EXPIRED,
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => {
+            concern.code == MAX_TIME_MS_EXPIRED
+        }
+        _ => false,
+    }
+}
+
+fn has_label(error: &Error, label: &str) -> bool {
+    error.mongo_error().is_some_and(|e| e.contains_label(label))
+}
+
+fn exhausted(attempts: u32, last: Error) -> Error {
+    Error::TransactionRetriesExhausted {
+        backend: Backend::Mongodb,
+        attempts,
+        last: Box::new(last),
+    }
+}
+
+impl MongoHandle {
+    /// Runs `work` in a transaction on a new session with the default
+    /// options: commits when it returns `Ok`; aborts when it returns `Err`
+    /// or panics (the panic then continues) or when the returned future is
+    /// dropped (the driver aborts a session dropped mid-transaction). Runs
+    /// the whole closure again on errors labelled
+    /// `TransientTransactionError`, and the commit again on
+    /// `UnknownTransactionCommitResult`, for up to 120 s.
+    ///
+    /// Pass the session to every operation (`.session(&mut *session)`):
+    /// operations without it run outside the transaction. Transactions
+    /// need a replica set or a sharded cluster; a standalone server refuses
+    /// them, and that error is returned as is.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
+    /// use dbmanager::mongodb::bson::{Document, doc};
+    ///
+    /// let accounts = db.mongo()?.database().collection::<Document>("accounts");
+    /// db.mongo()?
+    ///     .transaction(async |session| {
+    ///         accounts
+    ///             .update_one(doc! { "_id": 1 }, doc! { "$inc": { "balance": -100 } })
+    ///             .session(&mut *session)
+    ///             .await?;
+    ///         accounts
+    ///             .update_one(doc! { "_id": 2 }, doc! { "$inc": { "balance": 100 } })
+    ///             .session(&mut *session)
+    ///             .await?;
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - the closure's error, after the abort, when it is not transient;
+    /// - [`Error::TransactionRetriesExhausted`] when transient errors lasted
+    ///   past the retry policy;
+    /// - [`Error::CommitOutcomeUnknown`] when the commit's result stayed
+    ///   unknown past the retry policy;
+    /// - [`Error::Mongo`] when a session or transaction cannot be started
+    ///   (a standalone server: "Transaction numbers are only allowed on a
+    ///   replica set member or mongos") or the commit fails otherwise.
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: AsyncFnMut(&mut ClientSession) -> Result<T>,
+    {
+        self.transaction_with(TransactionOptions::new(), work).await
+    }
+
+    /// [`MongoHandle::transaction`] with driver options or a retry policy
+    /// of its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`MongoHandle::transaction`].
+    pub async fn transaction_with<T, F>(
+        &self,
+        options: TransactionOptions,
+        mut work: F,
+    ) -> Result<T>
+    where
+        F: AsyncFnMut(&mut ClientSession) -> Result<T>,
+    {
+        let mut session = self
+            .client
+            .start_session()
+            .await
+            .map_err(|e| Error::mongo("starting a session", e))?;
+        let policy = options
+            .retry
+            .clone()
+            .unwrap_or_else(TransactionOptions::default_retry);
+        let mut backoff = policy.backoff();
+        let mut attempt = 0u32;
+        'attempts: loop {
+            attempt += 1;
+            session
+                .start_transaction()
+                .with_options(options.driver.clone())
+                .await
+                .map_err(|e| Error::mongo("starting a transaction", e))?;
+            let value = match AssertUnwindSafe(work(&mut session)).catch_unwind().await {
+                Ok(Ok(value)) => value,
+                Ok(Err(error)) => {
+                    // Ignored: a transaction the server already aborted
+                    // cannot be aborted again, and a failed abort leaves
+                    // it to time out on the server.
+                    let _ = session.abort_transaction().await;
+                    if !has_label(&error, TRANSIENT_TRANSACTION_ERROR) {
+                        return Err(error);
+                    }
+                    match backoff.next() {
+                        Some(delay) => {
+                            tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient transaction error; running the transaction again");
+                            tokio::time::sleep(delay).await;
+                            continue 'attempts;
+                        }
+                        None => return Err(exhausted(attempt, error)),
+                    }
+                }
+                Err(panic) => {
+                    let _ = session.abort_transaction().await;
+                    std::panic::resume_unwind(panic);
+                }
+            };
+            loop {
+                let error = match session.commit_transaction().await {
+                    Ok(()) => return Ok(value),
+                    Err(e) => e,
+                };
+                let unknown = error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                    && !is_max_time_expired(&error);
+                let transient = error.contains_label(TRANSIENT_TRANSACTION_ERROR);
+                let delay = backoff.next();
+                match (delay, unknown, transient) {
+                    (Some(delay), true, _) => {
+                        tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "commit result unknown; committing again");
+                        tokio::time::sleep(delay).await;
+                    }
+                    (Some(delay), false, true) => {
+                        tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient commit error; running the transaction again");
+                        tokio::time::sleep(delay).await;
+                        continue 'attempts;
+                    }
+                    (None, true, _) => {
+                        return Err(Error::CommitOutcomeUnknown {
+                            backend: Backend::Mongodb,
+                            attempt,
+                            reason: crate::config::scrub(&error.to_string(), &self.shared.secrets),
+                        });
+                    }
+                    (None, false, true) => {
+                        return Err(exhausted(
+                            attempt,
+                            Error::mongo("committing a transaction", error),
+                        ));
+                    }
+                    (_, false, false) => {
+                        return Err(Error::mongo("committing a transaction", error));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -313,3 +313,31 @@ fn list(versions: &[i64]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_parse_from_their_command_line_names() {
+        for tool in AdoptFrom::ALL {
+            assert_eq!(tool.name().parse::<AdoptFrom>(), Ok(tool));
+            assert_eq!(tool.to_string(), tool.name());
+        }
+        let err = "flyway".parse::<AdoptFrom>().unwrap_err();
+        assert!(err.contains("golang-migrate, sqlx or refinery"), "{err}");
+    }
+
+    #[test]
+    fn refusals_name_the_versions() {
+        let one = MigrateError::AdoptMissing {
+            tool: "sqlx",
+            versions: vec![4],
+        };
+        assert_eq!(
+            one.to_string(),
+            "sqlx applied migration 4 but it has no file among the migrations; add the file (same version) and adopt again; nothing was adopted"
+        );
+        assert_eq!(one.versions(), [4]);
+    }
+}

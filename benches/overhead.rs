@@ -12,65 +12,15 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use criterion::{Criterion, Throughput};
-use dbmanager::config::{QueueMode, RecyclingMethod};
-use dbmanager::deadpool_postgres as deadpool;
-use dbmanager::tokio_postgres::{self, NoTls};
-use dbmanager::{Config, DatabaseManager, DatabaseUrl};
 use futures_util::future::join_all;
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::{manager, raw_deadpool, server_url};
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .or_else(|_| std::env::var("PG_ADMIN_URL"))
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| {
-            eprintln!(
-                "error: the overhead bench needs a PostgreSQL server: set DATABASE_URL (or \
-                 PG_ADMIN_URL), or run scripts/test or scripts/bench, which start one"
-            );
-            std::process::exit(2)
-        })
-}
-
-async fn manager(url: &str, size: usize) -> DatabaseManager {
-    let mut config = Config::default();
-    config.postgres.url = Some(DatabaseUrl::new(url));
-    config.postgres.application_name = "bench-overhead-dbmanager".into();
-    let pool = &mut config.postgres.pool;
-    pool.max_size = size;
-    pool.min_idle = size;
-    pool.wait_timeout = WAIT;
-    pool.recycling = RecyclingMethod::Fast;
-    pool.queue_mode = QueueMode::Lifo;
-    DatabaseManager::builder()
-        .config(config)
-        .build()
-        .await
-        .expect("building the DatabaseManager")
-}
-
-async fn deadpool(url: &str, size: usize) -> deadpool::Pool {
-    let mut pg: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
-    pg.application_name("bench-overhead-deadpool");
-    let manager = deadpool::Manager::from_config(
-        pg,
-        NoTls,
-        deadpool::ManagerConfig {
-            recycling_method: deadpool::RecyclingMethod::Fast,
-        },
-    );
-    let pool = deadpool::Pool::builder(manager)
-        .max_size(size)
-        .queue_mode(deadpool::QueueMode::Lifo)
-        .wait_timeout(Some(WAIT))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .expect("building the deadpool pool");
+async fn deadpool(url: &str, size: usize) -> common::deadpool::Pool {
+    let pool = raw_deadpool(url, size, "bench-overhead-deadpool");
     drop(join_all((0..size).map(|_| pool.get())).await);
     pool
 }
@@ -109,7 +59,7 @@ fn overhead(c: &mut Criterion) {
     for (tasks, size) in [(1, 1), (32, 8)] {
         let mut group = c.benchmark_group(format!("checkout_t{tasks}_p{size}"));
         group.throughput(Throughput::Elements(1));
-        let db = rt.block_on(manager(&url, size));
+        let db = rt.block_on(manager(&url, size, "bench-overhead-dbmanager"));
         group.bench_function("dbmanager", |b| {
             b.iter_custom(|n| {
                 let db = db.clone();

@@ -34,6 +34,23 @@ fn migrate_error(error: Error) -> MigrateError {
 }
 
 /// A database as the other tool left it after migrations 1 and 2.
+/// Adopting the folder's migrations on `db` from `from`, which must fail.
+async fn adopt_error(db: &TestDb, from: AdoptFrom) -> MigrateError {
+    let dir = folder();
+    let migrations = Migrations::from_dir(dir.path()).unwrap();
+    let manager = manager(&db.url).await;
+    let error = migrate_error(
+        manager
+            .migrator(&migrations)
+            .unwrap()
+            .adopt(from)
+            .await
+            .unwrap_err(),
+    );
+    manager.shutdown().await.unwrap();
+    error
+}
+
 async fn migrated_by_another_tool(prefix: &str, history_sql: &str) -> TestDb {
     let db = TestDb::create(prefix).await;
     sql(&db.url, USERS_UP).await;
@@ -136,18 +153,7 @@ async fn refinery_history_is_adopted_and_up_continues_from_it() {
 async fn a_dirty_golang_migrate_state_is_refused_and_nothing_recorded() {
     let db = migrated_by_another_tool("adopt_dirty", GOLANG_MIGRATE).await;
     sql(&db.url, "UPDATE schema_migrations SET dirty = true").await;
-    let dir = folder();
-    let migrations = Migrations::from_dir(dir.path()).unwrap();
-    let manager = manager(&db.url).await;
-
-    let error = migrate_error(
-        manager
-            .migrator(&migrations)
-            .unwrap()
-            .adopt(AdoptFrom::GolangMigrate)
-            .await
-            .unwrap_err(),
-    );
+    let error = adopt_error(&db, AdoptFrom::GolangMigrate).await;
 
     assert!(
         matches!(error, MigrateError::AdoptDirty { .. }),
@@ -168,18 +174,7 @@ async fn a_failed_sqlx_migration_is_refused() {
         "UPDATE _sqlx_migrations SET success = false WHERE version = 2",
     )
     .await;
-    let dir = folder();
-    let migrations = Migrations::from_dir(dir.path()).unwrap();
-    let manager = manager(&db.url).await;
-
-    let error = migrate_error(
-        manager
-            .migrator(&migrations)
-            .unwrap()
-            .adopt(AdoptFrom::Sqlx)
-            .await
-            .unwrap_err(),
-    );
+    let error = adopt_error(&db, AdoptFrom::Sqlx).await;
 
     assert!(
         matches!(error, MigrateError::AdoptDirty { .. }),

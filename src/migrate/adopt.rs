@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
-use super::error::MigrateError;
+use super::error::{MigrateError, list};
 use super::migrator::{Migrator, Session};
 use crate::error::{Error, Result};
 
@@ -304,14 +304,6 @@ async fn find_table(client: &Client, from: AdoptFrom) -> Result<String> {
         }
         .into()
     })
-}
-
-fn list(versions: &[i64]) -> String {
-    versions
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

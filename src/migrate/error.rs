@@ -241,7 +241,8 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-fn list(versions: &[i64]) -> String {
+/// Versions for a message: `1, 2, 3`.
+pub(super) fn list(versions: &[i64]) -> String {
     versions
         .iter()
         .map(i64::to_string)

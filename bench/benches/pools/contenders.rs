@@ -16,11 +16,12 @@
 
 use std::time::Duration;
 
-use dbmanager::config::{QueueMode, RecyclingMethod};
+use dbmanager::DatabaseManager;
 use dbmanager::deadpool_postgres as deadpool;
 use dbmanager::tokio_postgres::{self, NoTls};
-use dbmanager::{Config, DatabaseManager, DatabaseUrl};
 use futures_util::future::join_all;
+
+use crate::common::{WAIT, manager, raw_deadpool};
 
 /// sqlx's `SELECT 1`. A `&str` without arguments goes over the simple
 /// query protocol, like `raw_sql`; through `Executor::execute` directly,
@@ -32,9 +33,6 @@ async fn sqlx_select1(pool: &sqlx::PgPool) {
         .await
         .unwrap();
 }
-
-/// How long a checkout may wait, for every pool (the crate's default).
-const WAIT: Duration = Duration::from_secs(30);
 
 /// A pool under test.
 #[derive(Clone)]
@@ -56,45 +54,8 @@ impl Contender {
     /// Builds the pool `name` with `size` connections, all opened.
     pub async fn open(name: &str, url: &str, size: usize) -> Contender {
         let contender = match name {
-            "dbmanager" => {
-                let mut config = Config::default();
-                config.postgres.url = Some(DatabaseUrl::new(url));
-                config.postgres.application_name = "bench-dbmanager".into();
-                let pool = &mut config.postgres.pool;
-                pool.max_size = size;
-                pool.min_idle = size;
-                pool.wait_timeout = WAIT;
-                pool.recycling = RecyclingMethod::Fast;
-                pool.queue_mode = QueueMode::Lifo;
-                let db = DatabaseManager::builder()
-                    .config(config)
-                    .build()
-                    .await
-                    .expect("building the DatabaseManager");
-                Contender::Manager(db)
-            }
-            "deadpool" => {
-                let mut pg: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
-                pg.application_name("bench-deadpool");
-                let manager = deadpool::Manager::from_config(
-                    pg,
-                    NoTls,
-                    deadpool::ManagerConfig {
-                        recycling_method: deadpool::RecyclingMethod::Fast,
-                    },
-                );
-                // The timeouts the crate sets on its own deadpool pool.
-                let pool = deadpool::Pool::builder(manager)
-                    .max_size(size)
-                    .queue_mode(deadpool::QueueMode::Lifo)
-                    .wait_timeout(Some(WAIT))
-                    .create_timeout(Some(Duration::from_secs(10)))
-                    .recycle_timeout(Some(Duration::from_secs(5)))
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .expect("building the deadpool pool");
-                Contender::Deadpool(pool)
-            }
+            "dbmanager" => Contender::Manager(manager(url, size, "bench-dbmanager").await),
+            "deadpool" => Contender::Deadpool(raw_deadpool(url, size, "bench-deadpool")),
             "bb8" => {
                 let mut pg: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
                 pg.application_name("bench-bb8");

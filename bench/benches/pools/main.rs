@@ -16,6 +16,9 @@
 //! `scripts/bench` starts one and runs this grid among its comparisons.
 //! `POOL_BENCH_REVERSE=1` measures the pools in reverse order.
 
+// The server and the two pools the library's own bench builds the same way.
+#[path = "../../../benches/common/mod.rs"]
+mod common;
 mod contenders;
 
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use tokio::runtime::Runtime;
 
+use common::server_url;
 use contenders::{Contender, NAMES};
 
 /// (tasks, pool size).
@@ -42,20 +46,6 @@ impl Operation {
             Operation::Select1 => "select1",
         }
     }
-}
-
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .or_else(|_| std::env::var("PG_ADMIN_URL"))
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| {
-            eprintln!(
-                "error: the pool benches need a PostgreSQL server: set DATABASE_URL (or PG_ADMIN_URL) \
-                 to its URL, or run scripts/bench, which starts one"
-            );
-            std::process::exit(2)
-        })
 }
 
 /// The pools in bench order; `POOL_BENCH_REVERSE=1` reverses it, so that

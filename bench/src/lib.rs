@@ -102,7 +102,17 @@ async fn run_postgres(db: &DatabaseManager, options: &BenchOptions) -> Result<Be
 
 async fn run_mongo(db: &DatabaseManager, options: &BenchOptions) -> Result<BenchReport> {
     let pool_size = db.mongo()?.status().max_size;
-    let (steps, dataset) = mongo::prepare(mongo::Source::Manager(db.clone()), options).await?;
+    measure_mongo(mongo::Source::Manager(db.clone()), options, pool_size).await
+}
+
+/// Prepares and drives a MongoDB workload through `source` (the manager or
+/// a bare driver client) and reports it.
+async fn measure_mongo(
+    source: mongo::Source,
+    options: &BenchOptions,
+    pool_size: usize,
+) -> Result<BenchReport> {
+    let (steps, dataset) = mongo::prepare(source, options).await?;
     let record = runner::drive(steps, options.warmup, options.duration).await?;
     Ok(report(
         options,
@@ -147,19 +157,7 @@ pub async fn run_mongo_driver(
         client: client.clone(),
         database: database.to_string(),
     };
-    let outcome = async {
-        let (steps, dataset) = mongo::prepare(source, options).await?;
-        let record = runner::drive(steps, options.warmup, options.duration).await?;
-        Ok(report(
-            options,
-            Backend::Mongodb,
-            pool_size,
-            dataset,
-            &record,
-            false,
-        ))
-    }
-    .await;
+    let outcome = measure_mongo(source, options, pool_size).await;
     client.shutdown().immediate(true).await;
     outcome
 }

@@ -5,6 +5,7 @@ mod connect;
 mod connection;
 mod hooks;
 mod maintenance;
+mod open;
 mod pool;
 mod probe;
 mod recycler;
@@ -12,6 +13,7 @@ mod shared;
 #[cfg(feature = "tls")]
 mod tls;
 mod transaction;
+mod wire_tap;
 
 pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
@@ -28,3 +30,5 @@ pub use transaction::TransactionOptions;
 #[cfg(feature = "migrate")]
 pub(crate) use connect::{Connector, connect_error, driver_config};
 pub(crate) use hooks::Hooks;
+#[cfg(feature = "migrate")]
+pub(crate) use open::Canceller;

@@ -495,6 +495,13 @@ impl PostgresPool {
             task.abort();
             let _ = task.await;
         }
+        // Closing deadpool's pool now refuses the callers queued for a
+        // connection at once (`ShuttingDown`) instead of letting them take
+        // connections as they come back during the grace period; it closes
+        // the idle connections, and each in-use one as it comes back.
+        let open = self.pool.status().size;
+        self.pool.close();
+        shared.closed(CloseReason::Shutdown, open as u64);
         let deadline = crate::clock::deadline_after(grace);
         loop {
             let returned = shared.returned.notified();
@@ -508,9 +515,6 @@ impl PostgresPool {
             }
         }
         let forced = shared.checked_out.load(Ordering::Acquire);
-        let open = self.pool.status().size;
-        self.pool.close();
-        shared.closed(CloseReason::Shutdown, open as u64);
         if forced > 0 {
             tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling and closing connections still in use");
             // Idle connections are closed already: what is left is in use.

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dbmanager::{DatabaseManager, Error};
-use support::{SlowProxy, TestDb, pg_config};
+use support::{FaultProxy, TestDb, pg_config};
 
 /// Scheduling slack on a shared 2-core machine; far below the 10 s the
 /// create timeout would allow.
@@ -16,8 +16,8 @@ const SLACK: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_ends_the_checkout_within_the_wait_timeout() {
     let db = TestDb::create("stall").await;
-    let (proxy, via_proxy) = SlowProxy::in_front_of(&db.url).await;
-    proxy.set_delay(Duration::from_secs(60));
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    proxy.stall_new(Duration::from_secs(60));
     let mut config = pg_config(&via_proxy);
     config.postgres.pool.min_idle = 0;
     config.postgres.pool.wait_timeout = Duration::from_millis(500);
@@ -54,7 +54,7 @@ async fn a_stalled_handshake_ends_the_checkout_within_the_wait_timeout() {
     let status = pool.status();
     assert_eq!((status.open, status.in_use), (0, 0), "{status}");
     // Once the server answers again, checkouts succeed.
-    proxy.set_delay(Duration::ZERO);
+    proxy.stall_new(Duration::ZERO);
     let client = pool
         .get_timeout(Duration::from_secs(10))
         .await

@@ -4,103 +4,12 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dbmanager::{DatabaseManager, Error};
-use support::{PgCluster, TestDb, admin_url, pg_config, sql};
+use dbmanager::Error;
+use support::{PgCluster, TestDb, WriteLoad, admin_url, pg_config, sql, stored_ids};
 
 const TASKS: usize = 64;
-
-/// Each task inserts ids of its own, one after another, until stopped, and
-/// records those the server acknowledged and when each success came.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<Mutex<Vec<(i64, Instant)>>>,
-    failures: Arc<Mutex<Vec<Error>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(db: &DatabaseManager, tasks: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acknowledged = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..tasks as i64)
-            .map(|task| {
-                let (db, stop) = (db.clone(), stop.clone());
-                let (acknowledged, failures) = (acknowledged.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut n = 0i64;
-                    while !stop.load(Ordering::Acquire) {
-                        let id = task * 1_000_000_000 + n;
-                        let written = async {
-                            let client = db.postgres()?.get().await?;
-                            client
-                                .execute("INSERT INTO writes (id) VALUES ($1)", &[&id])
-                                .await?;
-                            Ok::<_, Error>(())
-                        }
-                        .await;
-                        match written {
-                            Ok(()) => {
-                                acknowledged.lock().unwrap().push((id, Instant::now()));
-                                n += 1;
-                            }
-                            Err(e) => {
-                                failures.lock().unwrap().push(e);
-                                // Do not spin on instant failures.
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            acknowledged,
-            failures,
-            tasks,
-        }
-    }
-
-    fn successes_since(&self, since: Instant) -> usize {
-        let acknowledged = self.acknowledged.lock().unwrap();
-        acknowledged.iter().filter(|(_, at)| *at > since).count()
-    }
-
-    /// Stops the tasks; the acknowledged ids and the failures.
-    async fn stop(self) -> (Vec<(i64, Instant)>, Vec<Error>) {
-        self.stop.store(true, Ordering::Release);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let acknowledged = std::mem::take(&mut *self.acknowledged.lock().unwrap());
-        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
-        (acknowledged, failures)
-    }
-}
-
-/// The ids in the table.
-async fn stored_ids(url: &str) -> HashSet<i64> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(connection);
-    let ids = client
-        .query("SELECT id FROM writes", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    drop(client);
-    let _ = task.await;
-    ids
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_under_a_64_task_write_load_loses_no_acknowledged_write() {
@@ -113,7 +22,7 @@ async fn a_restart_under_a_64_task_write_load_loses_no_acknowledged_write() {
     config.postgres.pool.wait_timeout = Duration::from_secs(2);
     config.postgres.pool.connect_timeout = Duration::from_secs(2);
     let db = support::build(config).await;
-    let load = Load::start(&db, TASKS);
+    let load = WriteLoad::start(&db, TASKS);
     let start = Instant::now();
     assert!(
         support::eventually(Duration::from_secs(20), async || load
@@ -146,18 +55,7 @@ async fn a_restart_under_a_64_task_write_load_loses_no_acknowledged_write() {
     let (acknowledged, failures) = load.stop().await;
 
     // Every task wrote again soon after the server accepted connections.
-    let mut first_again = vec![None; TASKS];
-    for (id, at) in &acknowledged {
-        let task = (*id / 1_000_000_000) as usize;
-        if *at > accepting && first_again[task].is_none_or(|first| *at < first) {
-            first_again[task] = Some(*at);
-        }
-    }
-    let slowest = first_again
-        .iter()
-        .map(|first| first.expect("every task wrote again") - accepting)
-        .max()
-        .unwrap();
+    let slowest = support::every_task_wrote_again(&acknowledged, TASKS, accepting);
     println!(
         "{} writes acknowledged, {} failed; stopped for {:?}; every task wrote again within {slowest:?} of the server accepting",
         acknowledged.len(),
@@ -173,11 +71,7 @@ async fn a_restart_under_a_64_task_write_load_loses_no_acknowledged_write() {
     }
     // Nothing acknowledged is missing.
     let stored = stored_ids(&url).await;
-    let lost: Vec<i64> = acknowledged
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !stored.contains(id))
-        .collect();
+    let lost = support::missing(&acknowledged, &stored);
     assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
     db.shutdown().await.unwrap();
 }

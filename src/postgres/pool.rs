@@ -120,7 +120,16 @@ impl PostgresPool {
             QueueMode::Fifo => deadpool::managed::QueueMode::Fifo,
         };
         let max_size = settings.max_size;
-        let shared = Arc::new(Shared::new(settings, hooks, target, database, secrets));
+        let require_writable = driver.config.get_target_session_attrs()
+            == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        let shared = Arc::new(Shared::new(
+            settings,
+            hooks,
+            target,
+            database,
+            secrets,
+            require_writable,
+        ));
         let pool = Pool::builder(PgManager::new(driver, shared.clone()))
             .max_size(max_size)
             .timeouts(timeouts)

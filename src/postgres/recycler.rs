@@ -193,7 +193,11 @@ pub(crate) async fn check_out(
     }
     let mut budget = budget;
     let tap = &conn.tap;
-    if tap.in_flight() > 0 || tap.ended() || tap.transaction_status() != TransactionStatus::Idle {
+    if tap.in_flight() > 0
+        || tap.ended()
+        || tap.transaction_status() != TransactionStatus::Idle
+        || tap.refused_write()
+    {
         let began = Instant::now();
         if let Some(checked) = restore(conn, budget).await {
             return checked;
@@ -260,18 +264,53 @@ async fn restore(conn: &mut PgConnection, budget: Duration) -> Option<Checked> {
         tokio::spawn(async move { canceller.cancel().await });
         return Some(Checked::Discard);
     }
-    if conn.tap.transaction_status() == TransactionStatus::Idle {
-        return None;
-    }
-    tracing::info!(target: "dbmanager::postgres", "a connection came back inside a transaction block; rolling it back before handing it out");
-    let rollback = Box::pin(conn.client.simple_query("ROLLBACK"));
-    match tokio::time::timeout(limit, rollback).await {
-        Ok(Ok(_)) => {
-            shared.counters.rolled_back.fetch_add(1, Ordering::Relaxed);
-            None
+    if conn.tap.transaction_status() != TransactionStatus::Idle {
+        tracing::info!(target: "dbmanager::postgres", "a connection came back inside a transaction block; rolling it back before handing it out");
+        let rollback = Box::pin(conn.client.simple_query("ROLLBACK"));
+        match tokio::time::timeout(limit, rollback).await {
+            Ok(Ok(_)) => {
+                shared.counters.rolled_back.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection whose roll-back failed");
+                shared.closed(CloseReason::Broken, 1);
+                return Some(Checked::Discard);
+            }
+            Err(_) => return Some(check_timed_out(shared, limit)),
         }
-        Ok(Err(e)) => {
-            tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection whose roll-back failed");
+    }
+    if conn.tap.refused_write() {
+        conn.tap.clear_refused_write();
+        if shared.require_writable {
+            return still_writable(conn, limit).await;
+        }
+    }
+    None
+}
+
+/// The server refused a write as read-only on a pool that asks for a
+/// writable server (`target_session_attrs=read-write`): after a failover
+/// the connection may be on a demoted primary, where every write would
+/// fail for as long as the connection lives. One round trip tells (a
+/// caller's own `READ ONLY` transaction also refuses writes); a read-only
+/// server's connection is closed, and the next one opened finds the
+/// writable host.
+async fn still_writable(conn: &mut PgConnection, limit: Duration) -> Option<Checked> {
+    let shared = &conn.shared;
+    let check = Box::pin(conn.client.simple_query("SHOW transaction_read_only"));
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(messages)) => {
+            let read_only = messages.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))
+            });
+            if !read_only {
+                return None;
+            }
+            tracing::warn!(target: "dbmanager::postgres", "the server of a pooled connection is read-only now (a failover or switchover?); closing the connection");
+            shared.closed(CloseReason::Broken, 1);
+            Some(Checked::Discard)
+        }
+        Ok(Err(_)) => {
             shared.closed(CloseReason::Broken, 1);
             Some(Checked::Discard)
         }

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub database: String,
     /// Secrets to scrub from server messages.
     pub secrets: Vec<String>,
+    /// The URL asks for a writable server (`target_session_attrs=read-write`).
+    pub require_writable: bool,
     /// Set when shutdown begins: no new checkouts.
     pub draining: AtomicBool,
     /// Connections checked out by callers right now.
@@ -73,6 +75,7 @@ impl Shared {
         target: String,
         database: String,
         secrets: Vec<String>,
+        require_writable: bool,
     ) -> Self {
         Shared {
             settings,
@@ -80,6 +83,7 @@ impl Shared {
             target,
             database,
             secrets,
+            require_writable,
             draining: AtomicBool::new(false),
             checked_out: AtomicUsize::new(0),
             returned: Notify::new(),

@@ -30,6 +30,11 @@ const SSL_REQUEST_CODE: u32 = 80_877_103;
 /// How much of a message body is kept: enough for `ROLLBACK` and the
 /// status byte of `ReadyForQuery`.
 const PREFIX: usize = 8;
+/// How much of a server's `ErrorResponse` is kept: its first fields
+/// (severity, severity again, SQLSTATE) fit well within it.
+const ERROR_PREFIX: usize = 64;
+/// `read_only_sql_transaction`: a write on a server that is read-only.
+const READ_ONLY_SQLSTATE: &[u8] = b"25006";
 
 /// A connection's transaction status, from its last `ReadyForQuery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,10 @@ pub(crate) struct Tap {
     status: AtomicU8,
     /// The type of the last message read from the server.
     last_reply: AtomicU8,
+    /// Set when the server refused a write because it is read-only
+    /// (SQLSTATE 25006): after a failover, the connection may be on a
+    /// demoted primary.
+    refused_write: AtomicBool,
     /// Set when the server closed the connection (or reading or writing
     /// failed): nothing in flight will be answered any more.
     ended: AtomicBool,
@@ -110,6 +119,16 @@ impl Tap {
         }
     }
 
+    /// Whether the server refused a write as read-only since the flag was
+    /// last cleared.
+    pub fn refused_write(&self) -> bool {
+        self.refused_write.load(Ordering::Acquire)
+    }
+
+    pub fn clear_refused_write(&self) {
+        self.refused_write.store(false, Ordering::Release);
+    }
+
     /// Whether the connection has ended (closed by the server, or failed).
     pub fn ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
@@ -153,8 +172,10 @@ impl Tap {
 /// One complete message, as far as the tap cares.
 struct Message {
     kind: u8,
-    prefix: [u8; PREFIX],
+    prefix: [u8; ERROR_PREFIX],
     prefix_len: usize,
+    /// How much of the body `prefix` keeps.
+    keep: usize,
 }
 
 impl Message {
@@ -168,6 +189,9 @@ impl Message {
 /// typed framing (a type byte, a length, the body) is everything else.
 struct Framer {
     typed: bool,
+    /// The message type whose body is kept at length (`ErrorResponse` from
+    /// the server), or 0.
+    long_kind: u8,
     header: [u8; 5],
     header_len: usize,
     /// Body bytes still to pass of the current message (header complete).
@@ -176,9 +200,10 @@ struct Framer {
 }
 
 impl Framer {
-    fn new(typed: bool) -> Self {
+    fn new(typed: bool, long_kind: u8) -> Self {
         Framer {
             typed,
+            long_kind,
             header: [0; 5],
             header_len: 0,
             remaining: 0,
@@ -215,15 +240,21 @@ impl Framer {
                 // The length counts itself, not the type byte.
                 self.remaining = length.saturating_sub(4);
                 self.header_len = 0;
+                let keep = if kind == self.long_kind && kind != 0 {
+                    ERROR_PREFIX
+                } else {
+                    PREFIX
+                };
                 self.current = Some(Message {
                     kind,
-                    prefix: [0; PREFIX],
+                    prefix: [0; ERROR_PREFIX],
                     prefix_len: 0,
+                    keep,
                 });
             }
             let message = self.current.as_mut().expect("set above");
             let take = self.remaining.min(bytes.len());
-            let keep = (PREFIX - message.prefix_len).min(take);
+            let keep = (message.keep - message.prefix_len).min(take);
             message.prefix[message.prefix_len..message.prefix_len + keep]
                 .copy_from_slice(&bytes[..keep]);
             message.prefix_len += keep;
@@ -267,9 +298,9 @@ impl<S> Tapped<S> {
         Tapped {
             inner,
             tap,
-            outgoing: Some(Framer::new(false)),
+            outgoing: Some(Framer::new(false, 0)),
             batch_works: false,
-            incoming: Incoming::Messages(Framer::new(true)),
+            incoming: Incoming::Messages(Framer::new(true, b'E')),
         }
     }
 
@@ -327,13 +358,18 @@ impl<S> Tapped<S> {
                         self.outgoing = None;
                         return;
                     }
-                    self.incoming = Incoming::Messages(Framer::new(true));
+                    self.incoming = Incoming::Messages(Framer::new(true, b'E'));
                     bytes = &bytes[1..];
                 }
                 Incoming::Messages(framer) => {
                     let tap = &self.tap;
                     framer.feed(bytes, &mut |message| {
                         tap.last_reply.store(message.kind, Ordering::Release);
+                        if message.kind == b'E'
+                            && sqlstate(message.body()) == Some(READ_ONLY_SQLSTATE)
+                        {
+                            tap.refused_write.store(true, Ordering::Release);
+                        }
                         if message.kind == b'Z' && message.prefix_len == 1 {
                             tap.ready(message.prefix[0]);
                         }
@@ -355,6 +391,21 @@ fn framer_is_startup(message: &Message) -> bool {
 fn startup_code(message: &Message) -> Option<u32> {
     let code = message.body().get(..4)?;
     Some(u32::from_be_bytes(code.try_into().ok()?))
+}
+
+/// The SQLSTATE (`C` field) of an `ErrorResponse` body, if within it.
+fn sqlstate(mut fields: &[u8]) -> Option<&[u8]> {
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == 0)?;
+        if kind == b'C' {
+            return Some(&rest[..end]);
+        }
+        fields = &rest[end + 1..];
+    }
+    None
 }
 
 fn is_rollback(query: &[u8]) -> bool {
@@ -526,6 +577,18 @@ mod tests {
         t.wrote(&typed(b'E', b"\0\0\0\0\0"));
         t.wrote(&typed(b'S', b""));
         assert!(!t.tap.only_housekeeping_in_flight());
+    }
+
+    #[test]
+    fn a_write_refused_as_read_only_is_noticed() {
+        let mut t = tapped();
+        t.read(&typed(b'E', b"SERROR\0VERROR\0C42601\0Msyntax\0\0"));
+        assert!(!t.tap.refused_write());
+        t.read(&typed(
+            b'E',
+            b"SERROR\0VERROR\0C25006\0Mcannot execute INSERT in a read-only transaction\0\0",
+        ));
+        assert!(t.tap.refused_write());
     }
 
     #[test]

@@ -30,6 +30,21 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A temporary folder for a cluster, owned by `postgres` when running as
+/// root (the server refuses to run as root).
+fn cluster_dir(prefix: &str, root: bool) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    if root {
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    dir
+}
+
 /// A PostgreSQL cluster owned by one test: SCRAM passwords, fsync off, on a
 /// free port; stopped and removed when dropped.
 pub struct PgCluster {
@@ -43,20 +58,9 @@ pub struct PgCluster {
 impl PgCluster {
     /// Runs initdb; the server is not started.
     pub fn init(password: &str) -> PgCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("dbmanager-pg-")
-            .tempdir()
-            .unwrap();
         let root = is_root();
+        let dir = cluster_dir("dbmanager-pg-", root);
         let bindir = pg_bindir();
-        if root {
-            let status = Command::new("chown")
-                .arg("postgres")
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
         let pwfile = dir.path().join("pwfile");
         std::fs::File::create(&pwfile)
             .unwrap()
@@ -143,6 +147,124 @@ impl PgCluster {
             .arg(self.dir.path().join("data"))
             .args(["-m", "fast", "-w", "stop"])
             .output();
+    }
+
+    /// A streaming standby of this (running) cluster: `pg_basebackup -R`
+    /// into a folder of its own, started on a port of its own, and made
+    /// synchronous (`synchronous_standby_names = '*'` on this cluster): a
+    /// session with `synchronous_commit = on` (the clusters' default is
+    /// off) is told of its commit only once the standby has it.
+    pub fn standby(&self) -> PgCluster {
+        let dir = cluster_dir("dbmanager-pg-standby-", self.root);
+        let output = Self::command(self.root, &self.bindir.join("pg_basebackup"))
+            .env("PGPASSWORD", &self.password)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The standby's own connection to the primary carries the password.
+        let conf = dir.path().join("data").join("postgresql.auto.conf");
+        let mut auto = std::fs::read_to_string(&conf).unwrap();
+        auto = auto.replace(
+            "primary_conninfo = '",
+            &format!(
+                "primary_conninfo = 'password={} application_name=standby ",
+                self.password
+            ),
+        );
+        std::fs::write(&conf, auto).unwrap();
+        let standby = PgCluster {
+            dir,
+            port: free_port(),
+            password: self.password.clone(),
+            bindir: self.bindir.clone(),
+            root: self.root,
+        };
+        standby.start();
+        self.wait_for_sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            "1",
+        );
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf();");
+        standby
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) {
+        let output = Self::command(self.root, &self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-t", "60", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs SQL on this cluster's `postgres` database with psql, each
+    /// `;`-separated statement on its own (`ALTER SYSTEM` refuses to run in
+    /// a transaction block).
+    pub fn psql(&self, sql: &str) -> String {
+        let mut command = Command::new(self.bindir.join("psql"));
+        command.env("PGPASSWORD", &self.password).args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-At",
+        ]);
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            command.args(["-c", statement]);
+        }
+        let output = command
+            .arg("-p")
+            .arg(self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Polls `sql` (bounded, 30 s) until it prints `expected`.
+    fn wait_for_sql(&self, sql: &str, expected: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if self.psql(sql) == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{sql}` did not give {expected} within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     pub fn url(&self, database: &str) -> String {

@@ -9,6 +9,7 @@
 //! - [`mongo`]: MongoDB from `MONGODB_URL`, or a `mongoeco` server started
 //!   for the test ([`MongoServer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
+//! - [`load`]: a write load that records what the server acknowledged.
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
 //! - [`retries`]: retry policies for tests, and builds meant to fail.
@@ -23,6 +24,7 @@ pub mod blackhole;
 pub mod cluster;
 pub mod example;
 pub mod http;
+pub mod load;
 pub mod logs;
 pub mod migrations;
 pub mod mongo;
@@ -37,6 +39,7 @@ pub use blackhole::*;
 pub use cluster::*;
 pub use example::*;
 pub use http::*;
+pub use load::*;
 pub use logs::*;
 pub use migrations::*;
 pub use mongo::*;

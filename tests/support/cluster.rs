@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::free_port;
 
-fn pg_bindir() -> PathBuf {
+pub(super) fn pg_bindir() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -32,7 +32,7 @@ fn is_root() -> bool {
 
 /// A temporary folder for a cluster, owned by `postgres` when running as
 /// root (the server refuses to run as root).
-fn cluster_dir(prefix: &str, root: bool) -> tempfile::TempDir {
+pub(super) fn cluster_dir(prefix: &str, root: bool) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     if root {
         let status = Command::new("chown")

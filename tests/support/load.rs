@@ -21,6 +21,9 @@ pub struct WriteLoad {
 
 impl WriteLoad {
     pub fn start(db: &DatabaseManager, tasks: usize) -> WriteLoad {
+        // Loads started one after another in a test write disjoint ids.
+        static ROUNDS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let round = ROUNDS.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -30,12 +33,15 @@ impl WriteLoad {
                 let (acknowledged, failures) = (acknowledged.clone(), failures.clone());
                 tokio::spawn(async move {
                     let mut n = 0i64;
+                    // A write whose outcome was unknown (the connection lost
+                    // around its commit) is tried again with the same id: it
+                    // may have committed, so a conflict is no error.
                     while !stop.load(Ordering::Acquire) {
-                        let id = task * 1_000_000_000 + n;
+                        let id = task * 1_000_000_000 + round * 10_000_000 + n;
                         let written = async {
                             let client = db.postgres()?.get().await?;
                             client
-                                .execute("INSERT INTO writes (id) VALUES ($1)", &[&id])
+                                .execute("INSERT INTO writes (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&id])
                                 .await?;
                             Ok::<_, Error>(())
                         }

@@ -9,6 +9,7 @@
 //! - [`mongo`]: MongoDB from `MONGODB_URL`, or a `mongoeco` server started
 //!   for the test ([`MongoServer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
+//! - [`patroni`]: a three-member Patroni cluster with etcd, for failover.
 //! - [`load`]: a write load that records what the server acknowledged.
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
@@ -28,6 +29,7 @@ pub mod load;
 pub mod logs;
 pub mod migrations;
 pub mod mongo;
+pub mod patroni;
 pub mod postgres;
 pub mod proxy;
 pub mod retries;
@@ -43,6 +45,7 @@ pub use load::*;
 pub use logs::*;
 pub use migrations::*;
 pub use mongo::*;
+pub use patroni::Patroni;
 pub use postgres::*;
 pub use proxy::*;
 pub use retries::*;

@@ -20,6 +20,8 @@ pub(crate) type Connector = tokio_postgres::NoTls;
 pub(crate) struct Driver {
     pub config: tokio_postgres::Config,
     pub tls: Connector,
+    /// Asked for the password of every new connection, when set.
+    pub credentials: Option<super::credentials::PasswordProvider>,
 }
 
 /// The TLS side of a URL: tokio-postgres' mode and our connector.
@@ -89,7 +91,11 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     if !options.is_empty() {
         pg.options(&options);
     }
-    Ok(Driver { config: pg, tls })
+    Ok(Driver {
+        config: pg,
+        tls,
+        credentials: None,
+    })
 }
 
 /// A failed connection attempt as [`Error::Connect`] (one attempt; the

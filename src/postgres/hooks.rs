@@ -83,4 +83,6 @@ pub(crate) struct Hooks {
     /// Every return to the pool. An error closes the connection instead of
     /// returning it.
     pub on_checkin: Option<Hook>,
+    /// Every new connection, before it is opened: its password.
+    pub password_provider: Option<super::credentials::PasswordProvider>,
 }

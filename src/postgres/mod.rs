@@ -3,6 +3,7 @@
 
 mod connect;
 mod connection;
+mod credentials;
 mod hooks;
 mod maintenance;
 mod pool;
@@ -15,6 +16,8 @@ mod transaction;
 
 pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
+pub use credentials::Credential;
+pub(crate) use credentials::PasswordProvider;
 pub use deadpool_postgres::ClientWrapper;
 /// The transaction a [`PostgresPool::transaction`] closure receives:
 /// deadpool-postgres' wrapper of `tokio_postgres::Transaction`, so every

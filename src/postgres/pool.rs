@@ -83,7 +83,8 @@ impl PostgresPool {
             backend: Backend::Postgres,
             hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
         })?;
-        let driver = driver_config(config, url)?;
+        let mut driver = driver_config(config, url)?;
+        driver.credentials = hooks.password_provider.clone();
         let pg = &driver.config;
         let parsed = ConnectionString::parse(url.expose()).ok();
         let target = parsed

@@ -12,6 +12,7 @@ use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
 use super::connect::{Driver, connect_error};
+use super::credentials::secrets_of;
 use super::shared::{LiveConnection, Shared};
 use crate::config::RecyclingMethod;
 use crate::error::Error;
@@ -89,9 +90,16 @@ impl Manager for PgManager {
         // Boxed: the connect future is several kilobytes, and this future is
         // part of every checkout's future (deadpool's `get` may create), so
         // inline it would be copied on every checkout.
-        let (client, connection) = Box::pin(self.driver.config.connect(self.driver.tls.clone()))
+        let config = self.driver.config_for_next_connection().await?;
+        let (client, connection) = Box::pin(config.connect(self.driver.tls.clone()))
             .await
-            .map_err(|e| connect_error(&e, &self.shared.target, &self.shared.secrets))?;
+            .map_err(|e| {
+                connect_error(
+                    &e,
+                    &self.shared.target,
+                    &secrets_of(&config, &self.shared.secrets),
+                )
+            })?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
         let id = live.id();
         let task = tokio::spawn(async move {

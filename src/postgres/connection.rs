@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::recycler::PgManager;
 use super::shared::Shared;
+use crate::config::StatementCache;
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
@@ -199,6 +200,12 @@ impl Drop for PooledConnection {
         let object = self.object.as_mut().expect("checked above");
         object.last_released = now;
         let shared = &object.shared;
+        if shared.statement_cache != StatementCache::Named {
+            // The next checkout may run on another server connection behind
+            // a transaction pooler: no statement name may carry over.
+            object.client.statement_cache.clear();
+            object.client.clear_type_cache();
+        }
         if let Some(hook) = &shared.hooks.on_checkin
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {

@@ -10,6 +10,7 @@ mod pool;
 mod probe;
 mod recycler;
 mod shared;
+mod statements;
 #[cfg(feature = "tls")]
 mod tls;
 mod transaction;

@@ -115,6 +115,7 @@ impl PostgresPool {
         let shared = Arc::new(Shared::new(
             driver.tls.clone(),
             settings,
+            config.statement_cache,
             hooks,
             target,
             database,
@@ -446,6 +447,11 @@ impl PostgresPool {
     /// Where the pool connects, without credentials (`user@host:port/db`).
     pub fn target(&self) -> &str {
         &self.shared.target
+    }
+
+    /// `postgres.statement_cache`, for the crate's own statements.
+    pub(crate) fn statement_cache(&self) -> crate::config::StatementCache {
+        self.shared.statement_cache
     }
 
     /// Secrets to scrub from messages before they are shown.

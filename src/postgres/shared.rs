@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::connect::Connector;
 use super::hooks::Hooks;
-use crate::config::PostgresPoolConfig;
+use crate::config::{PostgresPoolConfig, StatementCache};
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
@@ -34,6 +34,8 @@ pub(crate) struct Counters {
 
 pub(crate) struct Shared {
     pub settings: PostgresPoolConfig,
+    /// `postgres.statement_cache`: whether caches are emptied on return.
+    pub statement_cache: StatementCache,
     pub hooks: Hooks,
     /// Credential-free `user@host:port/db`, for logs and errors.
     pub target: String,
@@ -72,6 +74,7 @@ impl Shared {
     pub fn new(
         tls: Connector,
         settings: PostgresPoolConfig,
+        statement_cache: StatementCache,
         hooks: Hooks,
         target: String,
         database: String,
@@ -79,6 +82,7 @@ impl Shared {
     ) -> Self {
         Shared {
             settings,
+            statement_cache,
             hooks,
             target,
             database,

@@ -22,7 +22,7 @@ fn pg_bindir() -> PathBuf {
         .expect("PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/setup or install postgresql")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

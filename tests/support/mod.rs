@@ -8,6 +8,8 @@
 //!   stop, restart or break a server ([`PgCluster`]).
 //! - [`mongo`]: MongoDB from `MONGODB_URL`, or a `mongoeco` server started
 //!   for the test ([`MongoServer`]).
+//! - [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of a
+//!   server ([`PgBouncer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
@@ -26,6 +28,7 @@ pub mod http;
 pub mod logs;
 pub mod migrations;
 pub mod mongo;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod retries;
@@ -40,6 +43,7 @@ pub use http::*;
 pub use logs::*;
 pub use migrations::*;
 pub use mongo::*;
+pub use pgbouncer::*;
 pub use postgres::*;
 pub use proxy::*;
 pub use retries::*;

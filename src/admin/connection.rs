@@ -12,7 +12,7 @@ use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
-use crate::postgres::{Connector, connect_error, driver_config};
+use crate::postgres::{Driver, connect_error, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -46,8 +46,7 @@ impl Drop for DirectConnection {
 /// credentials and session settings of `[postgres]`.
 #[derive(Clone)]
 pub(crate) struct Server {
-    base: tokio_postgres::Config,
-    tls: Connector,
+    driver: Driver,
     parsed: ConnectionString,
     secrets: Vec<String>,
 }
@@ -62,8 +61,7 @@ impl Server {
             )
         })?;
         Ok(Server {
-            base: driver.config,
-            tls: driver.tls,
+            driver,
             parsed,
             secrets: url.password().into_iter().collect(),
         })
@@ -71,9 +69,10 @@ impl Server {
 
     /// The database the URL names (else the user name, as libpq does).
     pub fn database(&self) -> String {
-        self.base
+        self.driver
+            .config
             .get_dbname()
-            .or(self.base.get_user())
+            .or(self.driver.config.get_user())
             .unwrap_or("postgres")
             .to_string()
     }
@@ -97,10 +96,11 @@ impl Server {
 
     /// One connection attempt.
     pub async fn connect(&self, database: &str) -> Result<DirectConnection> {
-        let mut config = self.base.clone();
+        let mut config = self.driver.config.clone();
         config.dbname(database);
-        let (client, connection) = config
-            .connect(self.tls.clone())
+        let (client, connection) = self
+            .driver
+            .connect(&config)
             .await
             .map_err(|e| connect_error(&e, &self.target(database), &self.secrets))?;
         let task = tokio::spawn(async move {

@@ -387,7 +387,7 @@ fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
 /// tokio-postgres, which knows only `disable`, `prefer` and `require` and no
 /// CA files; they are taken out before the driver parses the URL.
 #[cfg(feature = "tls")]
-const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
+const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// Parses a URL or key/value string with tokio-postgres, describing a
 /// failure without the secret.

@@ -1,6 +1,8 @@
 //! The PostgreSQL side: a deadpool pool of tokio-postgres connections with
 //! lifetimes, idle reaping, warm-up, hooks, leak detection and drain.
 
+#[cfg(feature = "tls")]
+mod channel_binding;
 mod connect;
 mod connection;
 mod credentials;
@@ -30,5 +32,5 @@ pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;
 
 #[cfg(feature = "migrate")]
-pub(crate) use connect::{Connector, connect_error, driver_config};
+pub(crate) use connect::{Connector, Driver, connect_error, driver_config};
 pub(crate) use hooks::Hooks;

@@ -91,15 +91,13 @@ impl Manager for PgManager {
         // part of every checkout's future (deadpool's `get` may create), so
         // inline it would be copied on every checkout.
         let config = self.driver.config_for_next_connection().await?;
-        let (client, connection) = Box::pin(config.connect(self.driver.tls.clone()))
-            .await
-            .map_err(|e| {
-                connect_error(
-                    &e,
-                    &self.shared.target,
-                    &secrets_of(&config, &self.shared.secrets),
-                )
-            })?;
+        let (client, connection) = Box::pin(self.driver.connect(&config)).await.map_err(|e| {
+            connect_error(
+                &e,
+                &self.shared.target,
+                &secrets_of(&config, &self.shared.secrets),
+            )
+        })?;
         let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
         let id = live.id();
         let task = tokio::spawn(async move {

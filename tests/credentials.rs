@@ -220,7 +220,7 @@ async fn a_rejected_password_from_the_provider_fails_the_build_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_hung_provider_is_its_own_error_and_is_retried_under_the_policy() {
+async fn a_failing_panicking_or_hung_provider_is_its_own_error_and_is_retried_under_the_policy() {
     let role = Role::create("unused-password").await;
     let db = TestDb::create("rotate_provider").await;
     let mut config = config_for(&db, &role);
@@ -251,6 +251,25 @@ async fn a_failing_or_hung_provider_is_its_own_error_and_is_retried_under_the_po
         3,
         "asked once per attempt: {err}"
     );
+
+    // A provider that panics fails like one that returns an error.
+    let err = DatabaseManager::builder()
+        .config(config.clone())
+        .password_provider(|| async {
+            if true {
+                panic!("token parser bug");
+            }
+            Ok::<_, std::io::Error>("never")
+        })
+        .build()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::CredentialProvider { reason, .. } => {
+            assert!(reason.contains("panicked: token parser bug"), "{reason}")
+        }
+        other => panic!("expected a provider error, got {other:?}"),
+    }
 
     // A provider that never answers is bounded by the connect timeout.
     let err = DatabaseManager::builder()

@@ -8,11 +8,15 @@
 //! ones need the new value.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use super::connect::Driver;
+use super::hooks::panicked;
 use crate::config::Secret;
 use crate::error::{Backend, BoxError, Error};
 
@@ -81,9 +85,22 @@ impl PasswordProvider {
         C: Into<Credential>,
         E: Into<BoxError>,
     {
+        // A panic in the provider (building its future or running it) is
+        // its failure like any other, not a panic of the checkout.
         PasswordProvider(Arc::new(move || {
-            let future = provider();
-            Box::pin(async move { future.await.map(Into::into).map_err(Into::into) })
+            let future = match std::panic::catch_unwind(AssertUnwindSafe(&provider)) {
+                Ok(future) => future,
+                Err(payload) => {
+                    let error = panicked(payload);
+                    return Box::pin(async move { Err(error) });
+                }
+            };
+            Box::pin(async move {
+                match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(outcome) => outcome.map(Into::into).map_err(Into::into),
+                    Err(payload) => Err(panicked(payload)),
+                }
+            })
         }))
     }
 

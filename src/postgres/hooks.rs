@@ -56,7 +56,7 @@ impl Hook {
 }
 
 /// A hook's panic as an error carrying the panic message.
-fn panicked(payload: Box<dyn Any + Send>) -> BoxError {
+pub(super) fn panicked(payload: Box<dyn Any + Send>) -> BoxError {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -219,6 +219,14 @@ async fn a_rejected_password_from_the_provider_fails_the_build_at_once() {
     assert!(!err.to_string().contains("wrong-password"), "{err}");
 }
 
+/// The reason of an [`Error::CredentialProvider`]; panics on any other error.
+fn provider_failure(err: &Error) -> &str {
+    match err {
+        Error::CredentialProvider { reason, .. } => reason,
+        other => panic!("expected a provider error, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_panicking_or_hung_provider_is_its_own_error_and_is_retried_under_the_policy() {
     let role = Role::create("unused-password").await;
@@ -241,10 +249,8 @@ async fn a_failing_panicking_or_hung_provider_is_its_own_error_and_is_retried_un
         .build()
         .await
         .unwrap_err();
-    match &err {
-        Error::CredentialProvider { reason, .. } => assert!(reason.contains("vault is sealed")),
-        other => panic!("expected a provider error, got {other:?}"),
-    }
+    let reason = provider_failure(&err);
+    assert!(reason.contains("vault is sealed"), "{reason}");
     assert!(err.is_transient());
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -264,12 +270,8 @@ async fn a_failing_panicking_or_hung_provider_is_its_own_error_and_is_retried_un
         .build()
         .await
         .unwrap_err();
-    match &err {
-        Error::CredentialProvider { reason, .. } => {
-            assert!(reason.contains("panicked: token parser bug"), "{reason}")
-        }
-        other => panic!("expected a provider error, got {other:?}"),
-    }
+    let reason = provider_failure(&err);
+    assert!(reason.contains("panicked: token parser bug"), "{reason}");
 
     // A provider that never answers is bounded by the connect timeout.
     let err = DatabaseManager::builder()
@@ -281,12 +283,8 @@ async fn a_failing_panicking_or_hung_provider_is_its_own_error_and_is_retried_un
         .build()
         .await
         .unwrap_err();
-    match &err {
-        Error::CredentialProvider { reason, .. } => {
-            assert!(reason.contains("no answer within 300ms"), "{reason}")
-        }
-        other => panic!("expected a provider error, got {other:?}"),
-    }
+    let reason = provider_failure(&err);
+    assert!(reason.contains("no answer within 300ms"), "{reason}");
 }
 
 #[test]

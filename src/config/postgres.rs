@@ -137,7 +137,7 @@ pub enum StatementCache {
     /// Nothing named outlives a checkout: the crate's own statements are
     /// unnamed (one round trip, parse-bind-execute), and a connection's
     /// statement and type caches are emptied when it returns to the pool,
-    /// so `prepare_cached` inside a transaction is safe.
+    /// so `prepare_cached` inside a checkout's (one) transaction is safe.
     Unnamed,
     /// As `unnamed`, and the crate's own statements use the simple query
     /// protocol: no statement is parsed apart from its execution, for

@@ -14,7 +14,7 @@
 //! | `dbmanager_pool_in_use_connections` | gauge | connections | database | checked out |
 //! | `dbmanager_pool_waiting_requests` | gauge | requests | database | callers waiting for a connection |
 //! | `dbmanager_connections_created_total` | counter | connections | database | connections opened |
-//! | `dbmanager_connections_closed_total` | counter | connections | database, reason | connections closed, by `reason`: `lifetime`, `idle`, `broken`, `excess`, `hook`, `discarded`, `shutdown` |
+//! | `dbmanager_connections_closed_total` | counter | connections | database, reason | connections closed, by `reason`: `lifetime`, `idle`, `broken`, `excess`, `hook`, `discarded`, `abandoned`, `shutdown` |
 //! | `dbmanager_acquire_timeouts_total` | counter | errors | database | `get()` calls that timed out |
 //! | `dbmanager_connect_errors_total` | counter | errors | database, kind | failed connection attempts, by [`crate::FailureKind`] |
 //! | `dbmanager_connect_retries_total` | counter | attempts | database | start-up connect retries |
@@ -46,6 +46,7 @@ pub(crate) enum CloseReason {
     Excess,
     Hook,
     Discarded,
+    Abandoned,
     Shutdown,
 }
 
@@ -59,6 +60,7 @@ impl CloseReason {
             CloseReason::Excess => "excess",
             CloseReason::Hook => "hook",
             CloseReason::Discarded => "discarded",
+            CloseReason::Abandoned => "abandoned",
             CloseReason::Shutdown => "shutdown",
         }
     }

@@ -458,7 +458,7 @@ async fn a_checkout_hook_that_hangs_is_bounded_by_the_wait_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_stay_available_while_the_top_up_connects() {
     let db = TestDb::create("topup").await;
-    let (proxy, via_proxy) = support::SlowProxy::in_front_of(&db.url).await;
+    let (proxy, via_proxy) = support::FaultProxy::in_front_of(&db.url).await;
     let mut config = lifecycle_config(&via_proxy);
     config.postgres.pool.min_idle = 2;
     config.postgres.pool.connect_timeout = Duration::from_secs(30);
@@ -479,7 +479,7 @@ async fn idle_connections_stay_available_while_the_top_up_connects() {
     // From now on a new connection takes 20 s to reach the server. With one
     // connection held, the maintenance task starts opening another.
     let before = proxy.accepted();
-    proxy.set_delay(Duration::from_secs(20));
+    proxy.stall_new(Duration::from_secs(20));
     assert!(
         eventually(Duration::from_secs(10), async || proxy.accepted() > before).await,
         "the top-up did not start: {}",
@@ -491,6 +491,6 @@ async fn idle_connections_stay_available_while_the_top_up_connects() {
         "a caller had to wait for a new connection while an idle one existed"
     );
     drop((first, during));
-    proxy.set_delay(Duration::ZERO);
+    proxy.stall_new(Duration::ZERO);
     drop(manager.shutdown().await);
 }

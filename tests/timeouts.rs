@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dbmanager::{DatabaseManager, Error};
-use support::{SlowProxy, TestDb, pg_config};
+use support::{FaultProxy, TestDb, pg_config};
 
 /// Scheduling slack on a shared 2-core machine; far below the 10 s the
 /// create timeout would allow.
@@ -16,8 +16,8 @@ const SLACK: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_ends_the_checkout_within_the_wait_timeout() {
     let db = TestDb::create("stall").await;
-    let (proxy, via_proxy) = SlowProxy::in_front_of(&db.url).await;
-    proxy.set_delay(Duration::from_secs(60));
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    proxy.stall_new(Duration::from_secs(60));
     let mut config = pg_config(&via_proxy);
     config.postgres.pool.min_idle = 0;
     config.postgres.pool.wait_timeout = Duration::from_millis(500);
@@ -54,7 +54,7 @@ async fn a_stalled_handshake_ends_the_checkout_within_the_wait_timeout() {
     let status = pool.status();
     assert_eq!((status.open, status.in_use), (0, 0), "{status}");
     // Once the server answers again, checkouts succeed.
-    proxy.set_delay(Duration::ZERO);
+    proxy.stall_new(Duration::ZERO);
     let client = pool
         .get_timeout(Duration::from_secs(10))
         .await
@@ -62,4 +62,46 @@ async fn a_stalled_handshake_ends_the_checkout_within_the_wait_timeout() {
     client.query_one("SELECT 1", &[]).await.unwrap();
     drop(client);
     manager.shutdown().await.unwrap();
+}
+
+/// Bootstrap, `TestDatabase` and `drop_configured_database` open direct
+/// connections outside the pool: each attempt is bounded too (twice
+/// `connect_timeout`, handshake included), and the retries by their own
+/// budget, when the server accepts TCP and then says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_connections_are_bounded_when_the_handshake_stalls() {
+    let db = TestDb::create("stall_admin").await;
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    proxy.stall_new(Duration::from_secs(600));
+    let mut config = pg_config(&via_proxy);
+    config.postgres.pool.connect_timeout = Duration::from_millis(250);
+    config.bootstrap.wait_timeout = Duration::from_secs(1);
+
+    let started = Instant::now();
+    let bootstrap = dbmanager::migrate::Bootstrap::new(&config).run().await;
+    let took = started.elapsed();
+    assert!(
+        matches!(bootstrap, Err(Error::Connect { .. })),
+        "{bootstrap:?}"
+    );
+    // The budget, plus one attempt that began just before it ran out.
+    assert!(
+        took < Duration::from_millis(1_500) + SLACK,
+        "bootstrap took {took:?}"
+    );
+
+    let no_migrations = tempfile::tempdir().unwrap();
+    let migrations = dbmanager::migrate::Migrations::from_dir(no_migrations.path()).unwrap();
+    let started = Instant::now();
+    let test_db = dbmanager::testing::TestDatabase::with_config(&config, &migrations).await;
+    let took = started.elapsed();
+    match test_db {
+        Err(Error::Connect { kind, .. }) => assert!(kind.is_transient(), "{kind:?}"),
+        other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        took < Duration::from_secs(1) + SLACK,
+        "TestDatabase took {took:?}"
+    );
+    assert!(proxy.accepted() > 0, "the connections were attempted");
 }

@@ -12,7 +12,7 @@ use dbmanager::postgres::{IsolationLevel, TransactionOptions};
 use dbmanager::retry::Jitter;
 use dbmanager::{DatabaseManager, Error, PooledConnection, RetryPolicy};
 use futures_util::FutureExt;
-use support::{CuttingProxy, TestDb, eventually, pg_config, query_i64, query_text, sql};
+use support::{FaultProxy, TestDb, eventually, pg_config, query_i64, query_text, sql};
 
 /// A pool of one connection, so "the next checkout" is the same connection
 /// unless it was closed.
@@ -423,15 +423,7 @@ async fn read_only_refuses_a_write_and_isolation_is_applied() {
 async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome_not_a_retry() {
     let db = TestDb::create("tx_unknown").await;
     sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
-    let parsed: dbmanager::tokio_postgres::Config = db.url.parse().unwrap();
-    let upstream = format!("127.0.0.1:{}", parsed.get_ports()[0])
-        .parse()
-        .unwrap();
-    let proxy = CuttingProxy::start(upstream).await;
-    let host = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let via_proxy = db
-        .url
-        .replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
     let manager = single_connection_pool(&via_proxy).await;
     let attempts = Arc::new(AtomicU32::new(0));
 
@@ -449,7 +441,7 @@ async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome_not_a_ret
                     tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
                     // The COMMIT that follows reaches the server; its answer
                     // does not come back.
-                    proxy.hold_replies();
+                    proxy.drop_replies();
                     Ok(())
                 })
                 .await

@@ -393,3 +393,33 @@ async fn bench_runs_a_short_load_and_reports_json() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("nonsense"), "{}", stderr(&bad));
 }
+
+/// The command line's admin connections are bounded when the server
+/// accepts TCP and then says nothing: `db create` fails within the
+/// bootstrap budget instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_create_is_bounded_when_the_handshake_stalls() {
+    let db = TestDb::create("cli_stall").await;
+    let (proxy, via_proxy) = support::FaultProxy::in_front_of(&db.url).await;
+    proxy.stall_new(std::time::Duration::from_secs(600));
+    let env = [
+        ("DATABASE_URL", via_proxy.as_str()),
+        ("DBMANAGER_POSTGRES__POOL__CONNECT_TIMEOUT", "250ms"),
+        ("DBMANAGER_BOOTSTRAP__WAIT_TIMEOUT", "1s"),
+    ];
+    let started = std::time::Instant::now();
+    // The proxy runs on this runtime's other worker while the command runs.
+    let output = tokio::task::block_in_place(|| dbmanager(&env, &["db", "create"]));
+    let took = started.elapsed();
+    assert!(!output.status.success(), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("took longer than"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        took < std::time::Duration::from_millis(1_500) + std::time::Duration::from_secs(3),
+        "db create took {took:?}"
+    );
+    assert!(proxy.accepted() > 0);
+}

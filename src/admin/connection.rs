@@ -3,7 +3,7 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -12,7 +12,7 @@ use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
-use crate::postgres::{Driver, connect_error, driver_config};
+use crate::postgres::{Driver, connect_error, create_timeout, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -49,6 +49,12 @@ pub(crate) struct Server {
     driver: Driver,
     parsed: ConnectionString,
     secrets: Vec<String>,
+    /// The bound on one connection attempt, handshake included: the pool's
+    /// (`2 × postgres.pool.connect_timeout`). tokio-postgres' own connect
+    /// timeout covers only the TCP connect, so a server (or a proxy in
+    /// front of a dead one) that accepts and then says nothing would hold
+    /// the caller forever.
+    attempt_timeout: Duration,
 }
 
 impl Server {
@@ -64,6 +70,7 @@ impl Server {
             driver,
             parsed,
             secrets: url.password().into_iter().collect(),
+            attempt_timeout: config.pool.connect_timeout.saturating_mul(2),
         })
     }
 
@@ -94,15 +101,16 @@ impl Server {
         &self.secrets
     }
 
-    /// One connection attempt.
+    /// One connection attempt, within the attempt timeout.
     pub async fn connect(&self, database: &str) -> Result<DirectConnection> {
         let mut config = self.driver.config.clone();
         config.dbname(database);
-        let (client, connection) = self
-            .driver
-            .connect(&config)
+        let target = self.target(database);
+        let attempt = tokio::time::timeout(self.attempt_timeout, self.driver.connect(&config));
+        let (client, connection) = attempt
             .await
-            .map_err(|e| connect_error(&e, &self.target(database), &self.secrets))?;
+            .map_err(|_| create_timeout(&target, self.attempt_timeout))?
+            .map_err(|e| connect_error(&e, &target, &self.secrets))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });

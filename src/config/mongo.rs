@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::DatabaseUrl;
 use super::url::ConnectionString;
-use crate::error::{Problems, pool_size, positive, positive_opt};
+use crate::error::{Problems, at_most_a_year, pool_size, positive, positive_opt};
 
 /// MongoDB settings (`[mongodb]`).
 ///
@@ -43,6 +43,13 @@ pub struct MongoConfig {
     /// driver's 30 s hides a down server for half a minute).
     #[serde(with = "humantime_serde")]
     pub server_selection_timeout: Duration,
+    /// How often the driver checks each server. A server that stops
+    /// answering (a frozen network path) is noticed at its next check:
+    /// operations in flight to it then fail (transiently) within about this
+    /// plus `connect_timeout`. Default: 10 s (the driver's); at least
+    /// 500 ms (the driver's minimum).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_frequency: Duration,
     /// TLS options, passed through to the driver.
     pub tls: MongoTlsConfig,
     /// Connection pool settings.
@@ -60,6 +67,7 @@ impl Default for MongoConfig {
             auth_source: None,
             connect_timeout: Duration::from_secs(5),
             server_selection_timeout: Duration::from_secs(5),
+            heartbeat_frequency: Duration::from_secs(10),
             tls: MongoTlsConfig::default(),
             pool: MongoPoolConfig::default(),
         }
@@ -165,6 +173,13 @@ impl MongoConfig {
             self.server_selection_timeout,
             p,
         );
+        if self.heartbeat_frequency < Duration::from_millis(500) {
+            p.push(
+                "mongodb.heartbeat_frequency",
+                "must be at least 500ms (the driver's minimum)",
+            );
+        }
+        at_most_a_year("mongodb.heartbeat_frequency", self.heartbeat_frequency, p);
         if self.pool.max_size == 0 {
             p.push("mongodb.pool.max_size", "must be at least 1");
         }

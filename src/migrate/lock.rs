@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio_postgres::{CancelToken, Client};
+use tokio_postgres::Client;
 
 use super::error::MigrateError;
 use crate::error::{Error, Result};
-use crate::postgres::{Connector, PooledConnection};
+use crate::postgres::{Canceller, PooledConnection};
 
 /// The advisory lock key of a scope: the first 8 bytes of its SHA-256.
 /// Advisory locks are per database, so the same key in two databases
@@ -171,7 +171,7 @@ async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
 ///   back the open transaction and releases the lock with the session.
 pub(crate) struct MigrationLock {
     connection: Option<PooledConnection>,
-    cancel: Option<(CancelToken, Connector)>,
+    cancel: Option<Canceller>,
     key: i64,
 }
 
@@ -184,7 +184,7 @@ impl MigrationLock {
         timeout: Option<Duration>,
         holder_check: HolderCheck,
     ) -> Result<MigrationLock> {
-        let cancel = (connection.cancel_token(), connection.tls());
+        let cancel = connection.canceller();
         let lock = MigrationLock {
             connection: Some(connection),
             cancel: Some(cancel),
@@ -264,8 +264,7 @@ impl Drop for MigrationLock {
             (self.cancel.take(), tokio::runtime::Handle::try_current())
         {
             runtime.spawn(async move {
-                let (token, tls) = cancel;
-                let _ = token.cancel_query(tls).await;
+                let _ = cancel.cancel().await;
             });
         }
         connection.discard();

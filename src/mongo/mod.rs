@@ -104,6 +104,7 @@ impl MongoHandle {
         options.app_name = options.app_name.or_else(|| Some(config.app_name.clone()));
         options.connect_timeout = Some(config.connect_timeout);
         options.server_selection_timeout = Some(config.server_selection_timeout);
+        options.heartbeat_freq = Some(config.heartbeat_frequency);
         options.min_pool_size = Some(config.pool.min_size);
         options.max_pool_size = Some(config.pool.max_size);
         options.max_idle_time = config.pool.max_idle_time;

@@ -27,21 +27,25 @@ pub(crate) struct Driver {
     pub plaintext_first: bool,
 }
 
-/// The task driving one connection's socket.
-pub(crate) type ConnectionTask = tokio_postgres::Connection<
+/// The task driving one direct connection's socket (outside the pool,
+/// which opens its own under a tap: `super::open`).
+#[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+pub(crate) type DirectTask = tokio_postgres::Connection<
     tokio_postgres::Socket,
     <Connector as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
 >;
 
 impl Driver {
-    /// Opens one connection with `config` (this driver's, or one derived
-    /// from it). Under `sslmode=allow` a plain connection is tried first
-    /// and, when the server answers it with an error (pg_hba.conf demanding
-    /// `hostssl`), an encrypted one, as libpq does.
+    /// Opens one direct connection (outside the pool) with `config` (this
+    /// driver's, or one derived from it). Under `sslmode=allow` a plain
+    /// connection is tried first and, when the server answers it with an
+    /// error (pg_hba.conf demanding `hostssl`), an encrypted one, as libpq
+    /// does.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) async fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> Result<(tokio_postgres::Client, ConnectionTask), tokio_postgres::Error> {
+    ) -> Result<(tokio_postgres::Client, DirectTask), tokio_postgres::Error> {
         match config.connect(self.tls.clone()).await {
             Err(error) if self.plaintext_first && error.as_db_error().is_some() => {
                 let mut encrypted = config.clone();

@@ -11,7 +11,7 @@ use deadpool::managed::Object;
 use deadpool_postgres::ClientWrapper;
 use tokio::task::JoinHandle;
 
-use super::recycler::PgManager;
+use super::recycler::{PgConnection, PgManager};
 use super::shared::Shared;
 use crate::config::StatementCache;
 use crate::error::Backend;
@@ -74,10 +74,14 @@ impl PooledConnection {
         self.checked_out_at.elapsed()
     }
 
-    /// The TLS connector of this connection's pool, for cancel requests.
+    /// Sends cancel requests for this connection's backend.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-    pub(crate) fn tls(&self) -> super::connect::Connector {
-        self.shared().tls.clone()
+    pub(crate) fn canceller(&self) -> super::open::Canceller {
+        self.object
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+            .canceller
+            .clone()
     }
 
     /// Closes the connection instead of returning it to the pool, for a
@@ -202,26 +206,21 @@ impl Drop for PooledConnection {
         let shared = &object.shared;
         if shared.statement_cache != StatementCache::Named {
             // The next checkout may run on another server connection behind
-            // a transaction pooler: no statement name may carry over.
+            // a transaction pooler: no statement name may carry over. The
+            // statements' Close messages are housekeeping the return below
+            // lets finish.
             object.client.statement_cache.clear();
             object.client.clear_type_cache();
         }
-        if let Some(hook) = &shared.hooks.on_checkin
+        // A request still in flight means the caller dropped a query's
+        // future (or an uncommitted `Transaction`, whose ROLLBACK
+        // tokio-postgres sends without waiting): that is settled, and the
+        // hook run, off the caller's path, before the connection goes back.
+        if (object.tap.in_flight() > 0 || shared.hooks.on_checkin.is_some())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            // The hook is async; the connection goes back once it is done.
-            let hook = hook.clone();
             let object = self.object.take().expect("checked above");
-            runtime.spawn(async move {
-                    if let Err(e) = hook.call(&object.client).await {
-                        let error = crate::config::scrub(&e.to_string(), &object.shared.secrets);
-                        tracing::warn!(target: "dbmanager::postgres", error = %error, "on_checkin hook failed; closing the connection");
-                        object.shared.closed(CloseReason::Hook, 1);
-                        drop(Object::take(object));
-                    } else {
-                        return_or_close(object);
-                    }
-                });
+            runtime.spawn(check_in(object));
             return;
         }
         if shared.settings.max_idle.is_some()
@@ -232,6 +231,69 @@ impl Drop for PooledConnection {
         // Otherwise the object goes back to the pool when the field drops,
         // right after this: not moving it out saves copying it.
     }
+}
+
+/// The return of a connection that needs awaiting: its abandoned work
+/// settled, then the `on_checkin` hook.
+async fn check_in(object: Object<PgManager>) {
+    if !settle(&object).await {
+        drop(Object::take(object));
+        return;
+    }
+    if let Some(hook) = &object.shared.hooks.on_checkin
+        && let Err(e) = hook.call(&object.client).await
+    {
+        let error = crate::config::scrub(&e.to_string(), &object.shared.secrets);
+        tracing::warn!(target: "dbmanager::postgres", error = %error, "on_checkin hook failed; closing the connection");
+        object.shared.closed(CloseReason::Hook, 1);
+        drop(Object::take(object));
+        return;
+    }
+    return_or_close(object);
+}
+
+/// Waits, within `recycle_timeout`, until no request is in flight on a
+/// returned connection. A request other than housekeeping (a roll-back,
+/// closing a statement) or one the server has finished is work its
+/// caller abandoned: it is cancelled on the server first, so the
+/// connection is free again in milliseconds rather than when the statement
+/// would have ended. Returns whether the connection can go back (when not,
+/// it is counted closed and the caller closes it).
+///
+/// The cancel cannot hit a later caller's statement: the connection goes
+/// back only after the cancel request has been delivered and the abandoned
+/// request answered, and PostgreSQL ignores a cancel that reaches a backend
+/// waiting for its next command.
+async fn settle(object: &PgConnection) -> bool {
+    let tap = &object.tap;
+    if tap.in_flight() == 0 {
+        return true;
+    }
+    let shared = &object.shared;
+    let limit = shared.settings.recycle_timeout;
+    let settled = async {
+        if !tap.only_housekeeping_in_flight() && !tap.finishing() {
+            tracing::info!(target: "dbmanager::postgres", "a connection came back with its statement still running (its caller stopped waiting); cancelling the statement");
+            shared
+                .counters
+                .abandoned_cancelled
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = object.canceller.cancel().await {
+                tracing::debug!(target: "dbmanager::postgres", error = %e, "the cancel request failed");
+            }
+        }
+        tap.settle().await;
+    };
+    if tokio::time::timeout(limit, settled).await.is_ok() {
+        if tap.ended() {
+            shared.closed(CloseReason::Broken, 1);
+            return false;
+        }
+        return true;
+    }
+    tracing::warn!(target: "dbmanager::postgres", timeout_ms = limit.as_millis() as u64, "closing a returned connection whose abandoned work did not end within recycle_timeout");
+    shared.closed(CloseReason::Abandoned, 1);
+    false
 }
 
 /// Returns a connection to the pool, or closes it when the pool already

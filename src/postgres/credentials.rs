@@ -130,6 +130,20 @@ impl std::fmt::Debug for PasswordProvider {
 }
 
 impl Driver {
+    /// This driver with [`Driver::config_for_next_connection`] as its
+    /// configuration: what opening the next pooled connection takes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Driver::config_for_next_connection`].
+    pub(crate) async fn for_next_connection(&self) -> Result<Driver, Error> {
+        let config = self.config_for_next_connection().await?;
+        Ok(Driver {
+            config,
+            ..self.clone()
+        })
+    }
+
     /// The driver configuration for the next connection: the pool's, with
     /// the provider's credential when there is a provider. The provider is
     /// bounded by the connect timeout, so a hung token service fails the

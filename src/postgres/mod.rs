@@ -8,6 +8,7 @@ mod connection;
 mod credentials;
 mod hooks;
 mod maintenance;
+mod open;
 mod pool;
 mod probe;
 mod recycler;
@@ -16,6 +17,7 @@ mod statements;
 #[cfg(feature = "tls")]
 mod tls;
 mod transaction;
+mod wire_tap;
 
 pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
@@ -32,5 +34,7 @@ pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;
 
 #[cfg(feature = "migrate")]
-pub(crate) use connect::{Connector, Driver, connect_error, driver_config};
+pub(crate) use connect::{Driver, connect_error, create_timeout, driver_config};
 pub(crate) use hooks::Hooks;
+#[cfg(feature = "migrate")]
+pub(crate) use open::Canceller;

@@ -49,8 +49,17 @@ pub struct PoolStats {
     pub closed_hook: u64,
     /// Closed by [`PooledConnection::discard`].
     pub closed_discarded: u64,
+    /// Closed because work its caller abandoned (a dropped query future)
+    /// did not end within `recycle_timeout` of the return.
+    pub closed_abandoned: u64,
     /// Closed by shutdown.
     pub closed_shutdown: u64,
+    /// Statements cancelled on the server because their caller stopped
+    /// waiting and returned the connection.
+    pub abandoned_cancelled: u64,
+    /// Connections returned inside a transaction block (a manual `BEGIN`
+    /// never ended) and rolled back before being handed out again.
+    pub rolled_back: u64,
     /// `get()` calls that timed out.
     pub acquire_timeouts: u64,
     /// Connections reported as held past `leak_detection_threshold`.
@@ -113,7 +122,6 @@ impl PostgresPool {
         };
         let max_size = settings.max_size;
         let shared = Arc::new(Shared::new(
-            driver.tls.clone(),
             settings,
             config.statement_cache,
             hooks,
@@ -427,6 +435,9 @@ impl PostgresPool {
             closed_excess: load(&c.closed_excess),
             closed_hook: load(&c.closed_hook),
             closed_discarded: load(&c.closed_discarded),
+            closed_abandoned: load(&c.closed_abandoned),
+            abandoned_cancelled: load(&c.abandoned_cancelled),
+            rolled_back: load(&c.rolled_back),
             closed_shutdown: load(&c.closed_shutdown),
             acquire_timeouts: load(&c.acquire_timeouts),
             leaks: load(&c.leaks),
@@ -497,6 +508,13 @@ impl PostgresPool {
             task.abort();
             let _ = task.await;
         }
+        // Closing deadpool's pool now refuses the callers queued for a
+        // connection at once (`ShuttingDown`) instead of letting them take
+        // connections as they come back during the grace period; it closes
+        // the idle connections, and each in-use one as it comes back.
+        let open = self.pool.status().size;
+        self.pool.close();
+        shared.closed(CloseReason::Shutdown, open as u64);
         let deadline = crate::clock::deadline_after(grace);
         loop {
             let returned = shared.returned.notified();
@@ -510,9 +528,6 @@ impl PostgresPool {
             }
         }
         let forced = shared.checked_out.load(Ordering::Acquire);
-        let open = self.pool.status().size;
-        self.pool.close();
-        shared.closed(CloseReason::Shutdown, open as u64);
         if forced > 0 {
             tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling and closing connections still in use");
             // Idle connections are closed already: what is left is in use.
@@ -523,9 +538,7 @@ impl PostgresPool {
                 .values()
                 .map(|entry| entry.cancel.clone())
                 .collect();
-            let cancels = futures_util::future::join_all(
-                tokens.iter().map(|t| t.cancel_query(shared.tls.clone())),
-            );
+            let cancels = futures_util::future::join_all(tokens.iter().map(|t| t.cancel()));
             let _ = tokio::time::timeout(Duration::from_secs(2), cancels).await;
             shared.abort_all();
         }

@@ -6,14 +6,17 @@
 //! shutdown, and counters for every connection opened and closed.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
-use super::connect::{Driver, connect_error};
+use super::connect::Driver;
 use super::credentials::secrets_of;
+use super::open::{Canceller, Opened, open};
 use super::shared::{LiveConnection, Shared};
+use super::wire_tap::{Tap, TransactionStatus};
 use crate::config::RecyclingMethod;
 use crate::error::Error;
 use crate::metrics::CloseReason;
@@ -42,6 +45,10 @@ pub(crate) struct PgConnection {
     pub last_released: Instant,
     /// When opening it began: a checkout that opened it waited from here.
     pub opening_began: Instant,
+    /// What the wire tap saw: requests in flight, transaction status.
+    pub tap: Arc<Tap>,
+    /// Cancel requests for this connection's backend.
+    pub canceller: Canceller,
     /// The pool's shared state, reached through the connection so that a
     /// checkout does not clone an `Arc` (two contended atomic operations).
     pub shared: Arc<Shared>,
@@ -90,15 +97,20 @@ impl Manager for PgManager {
         // Boxed: the connect future is several kilobytes, and this future is
         // part of every checkout's future (deadpool's `get` may create), so
         // inline it would be copied on every checkout.
-        let config = self.driver.config_for_next_connection().await?;
-        let (client, connection) = Box::pin(self.driver.connect(&config)).await.map_err(|e| {
-            connect_error(
-                &e,
-                &self.shared.target,
-                &secrets_of(&config, &self.shared.secrets),
-            )
-        })?;
-        let live = LiveConnection::new(self.shared.clone(), client.cancel_token());
+        let driver = self.driver.for_next_connection().await?;
+        let opened = Box::pin(open(
+            &driver,
+            &self.shared.target,
+            &secrets_of(&driver.config, &self.shared.secrets),
+        ))
+        .await?;
+        let Opened {
+            client,
+            connection,
+            tap,
+            canceller,
+        } = opened;
+        let live = LiveConnection::new(self.shared.clone(), canceller.clone());
         let id = live.id();
         let task = tokio::spawn(async move {
             let _live = live;
@@ -126,6 +138,8 @@ impl Manager for PgManager {
             expires_at: self.expiry(started),
             last_released: now,
             opening_began: started,
+            tap,
+            canceller,
             shared: self.shared.clone(),
         }))
     }
@@ -162,7 +176,9 @@ pub(crate) enum Checked {
 /// `at` (deadpool's checkout stamp): past its max lifetime it is closed;
 /// otherwise `recycling` decides whether a round trip (timed by
 /// `recycle_timeout`, or the caller's remaining `budget` when shorter)
-/// proves it first. A connection opened by this checkout is not checked.
+/// proves it first. Whatever the method, a connection the wire tap shows
+/// busy or inside a transaction is dealt with first ([`restore`]). A
+/// connection opened by this checkout is not checked.
 pub(crate) async fn check_out(
     conn: &mut PgConnection,
     reused: bool,
@@ -177,6 +193,16 @@ pub(crate) async fn check_out(
         shared.closed(CloseReason::Lifetime, 1);
         return Checked::Discard;
     }
+    let mut budget = budget;
+    let tap = &conn.tap;
+    if tap.in_flight() > 0 || tap.ended() || tap.transaction_status() != TransactionStatus::Idle {
+        let began = Instant::now();
+        if let Some(checked) = restore(conn, budget).await {
+            return checked;
+        }
+        budget = budget.saturating_sub(began.elapsed());
+    }
+    let shared = &conn.shared;
     let settings = &shared.settings;
     let query = match &settings.recycling {
         RecyclingMethod::Fast => None,
@@ -202,15 +228,68 @@ pub(crate) async fn check_out(
             shared.closed(CloseReason::Broken, 1);
             Checked::Discard
         }
-        Err(_) if limit < settings.recycle_timeout => {
-            shared.closed(CloseReason::Broken, 1);
-            Checked::OutOfTime
+        Err(_) => check_timed_out(shared, limit),
+    }
+}
+
+/// A pooled connection that is not ready for a new caller: a request still
+/// in flight (work handed back before it ended, normally settled on
+/// return, see `connection.rs`), or a transaction block left open or
+/// failed (a manual `BEGIN` never ended, an early return before `COMMIT`).
+/// The first is closed, its statement cancelled; the second rolled back.
+/// `None` when the connection is ready now.
+async fn restore(conn: &mut PgConnection, budget: Duration) -> Option<Checked> {
+    let shared = &conn.shared;
+    let settings = &shared.settings;
+    let limit = settings.recycle_timeout.min(budget);
+    if conn.tap.in_flight() > 0 && (conn.tap.only_housekeeping_in_flight() || conn.tap.finishing())
+    {
+        // Answered in a moment (see `Tap::finishing`).
+        if tokio::time::timeout(limit, conn.tap.settle())
+            .await
+            .is_err()
+        {
+            return Some(check_timed_out(shared, limit));
         }
-        Err(_) => {
-            tracing::warn!(target: "dbmanager::postgres", timeout_ms = settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
-            shared.closed(CloseReason::Broken, 1);
-            Checked::Unresponsive
+    }
+    if conn.tap.ended() {
+        shared.closed(CloseReason::Broken, 1);
+        return Some(Checked::Discard);
+    }
+    if conn.tap.in_flight() > 0 {
+        shared.closed(CloseReason::Abandoned, 1);
+        let canceller = conn.canceller.clone();
+        tokio::spawn(async move { canceller.cancel().await });
+        return Some(Checked::Discard);
+    }
+    if conn.tap.transaction_status() == TransactionStatus::Idle {
+        return None;
+    }
+    tracing::info!(target: "dbmanager::postgres", "a connection came back inside a transaction block; rolling it back before handing it out");
+    let rollback = Box::pin(conn.client.simple_query("ROLLBACK"));
+    match tokio::time::timeout(limit, rollback).await {
+        Ok(Ok(_)) => {
+            shared.counters.rolled_back.fetch_add(1, Ordering::Relaxed);
+            None
         }
+        Ok(Err(e)) => {
+            tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection whose roll-back failed");
+            shared.closed(CloseReason::Broken, 1);
+            Some(Checked::Discard)
+        }
+        Err(_) => Some(check_timed_out(shared, limit)),
+    }
+}
+
+/// A check that ran past `limit`: the caller's wait (when that was the
+/// shorter) or `recycle_timeout`. The connection is counted closed.
+fn check_timed_out(shared: &Shared, limit: Duration) -> Checked {
+    shared.closed(CloseReason::Broken, 1);
+    if limit < shared.settings.recycle_timeout {
+        Checked::OutOfTime
+    } else {
+        tracing::warn!(target: "dbmanager::postgres", timeout_ms = shared.settings.recycle_timeout.as_millis() as u64, "discarding a connection whose check took longer than recycle_timeout");
+        Checked::Unresponsive
     }
 }
 

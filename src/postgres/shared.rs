@@ -6,12 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio_postgres::CancelToken;
-
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::connect::Connector;
 use super::hooks::Hooks;
 use crate::config::{PostgresPoolConfig, StatementCache};
 use crate::error::Backend;
@@ -27,7 +24,10 @@ pub(crate) struct Counters {
     pub closed_excess: AtomicU64,
     pub closed_hook: AtomicU64,
     pub closed_discarded: AtomicU64,
+    pub closed_abandoned: AtomicU64,
     pub closed_shutdown: AtomicU64,
+    pub abandoned_cancelled: AtomicU64,
+    pub rolled_back: AtomicU64,
     pub acquire_timeouts: AtomicU64,
     pub leaks: AtomicU64,
 }
@@ -56,7 +56,7 @@ pub(crate) struct Shared {
     /// Set when a forced close (after the grace period) began: a connection
     /// task registered after it is ended at once.
     pub closing: AtomicBool,
-    /// The open connections: their cancel tokens, so a forced close can stop
+    /// The open connections: their cancel requests, so a forced close can stop
     /// their queries on the server too (a backend busy in a query does not
     /// notice its client is gone), and their tasks, so it can end them
     /// (which drops the socket under whoever still holds the client).
@@ -64,15 +64,12 @@ pub(crate) struct Shared {
     /// signal, keeps every wake-up of a busy connection task free of a
     /// second future to poll.
     pub live: Mutex<HashMap<u64, LiveEntry>>,
-    /// The TLS connector, also needed to send cancel requests.
-    pub tls: Connector,
     next_connection_id: AtomicU64,
     pub counters: Counters,
 }
 
 impl Shared {
     pub fn new(
-        tls: Connector,
         settings: PostgresPoolConfig,
         statement_cache: StatementCache,
         hooks: Hooks,
@@ -94,7 +91,6 @@ impl Shared {
             connection_ended: Notify::new(),
             closing: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
-            tls,
             next_connection_id: AtomicU64::new(0),
             counters: Counters::default(),
         }
@@ -115,6 +111,7 @@ impl Shared {
             CloseReason::Excess => &self.counters.closed_excess,
             CloseReason::Hook => &self.counters.closed_hook,
             CloseReason::Discarded => &self.counters.closed_discarded,
+            CloseReason::Abandoned => &self.counters.closed_abandoned,
             CloseReason::Shutdown => &self.counters.closed_shutdown,
         };
         counter.fetch_add(count, Ordering::Relaxed);
@@ -137,7 +134,7 @@ impl Shared {
 
 /// What a forced close needs of one open connection.
 pub(crate) struct LiveEntry {
-    pub cancel: CancelToken,
+    pub cancel: super::open::Canceller,
     /// Set once the connection task is spawned.
     pub task: Option<AbortHandle>,
 }
@@ -150,7 +147,7 @@ pub(crate) struct LiveConnection {
 }
 
 impl LiveConnection {
-    pub fn new(shared: std::sync::Arc<Shared>, cancel: CancelToken) -> Self {
+    pub fn new(shared: std::sync::Arc<Shared>, cancel: super::open::Canceller) -> Self {
         let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
         shared
             .live

@@ -36,7 +36,6 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::Socket;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 /// libpq's `sslmode`, as far as certificate checks go.
@@ -310,8 +309,11 @@ impl std::fmt::Debug for PgTls {
     }
 }
 
-impl MakeTlsConnect<Socket> for PgTls {
-    type Stream = PgTlsStream;
+impl<S> MakeTlsConnect<S> for PgTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
     type TlsConnect = PgTlsConnect;
     type Error = io::Error;
 
@@ -340,12 +342,15 @@ pub(crate) struct PgTlsConnect {
     name: io::Result<ServerName<'static>>,
 }
 
-impl TlsConnect<Socket> for PgTlsConnect {
-    type Stream = PgTlsStream;
+impl<S> TlsConnect<S> for PgTlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<PgTlsStream>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<PgTlsStream<S>>> + Send>>;
 
-    fn connect(self, stream: Socket) -> Self::Future {
+    fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let stream = self.connector.connect(self.name?, stream).await?;
             Ok(PgTlsStream(Box::new(stream)))
@@ -354,9 +359,9 @@ impl TlsConnect<Socket> for PgTlsConnect {
 }
 
 /// An encrypted connection.
-pub(crate) struct PgTlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+pub(crate) struct PgTlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
 
-impl AsyncRead for PgTlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -366,7 +371,7 @@ impl AsyncRead for PgTlsStream {
     }
 }
 
-impl AsyncWrite for PgTlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -384,7 +389,7 @@ impl AsyncWrite for PgTlsStream {
     }
 }
 
-impl TlsStream for PgTlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
         // tls-server-end-point (RFC 5929): the hash of the server's
         // certificate, which SCRAM-SHA-256-PLUS mixes into the proof, so a

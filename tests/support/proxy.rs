@@ -1,155 +1,239 @@
-//! TCP proxies between a client and a server, for faults the server
-//! itself cannot produce.
+//! A TCP fault proxy between a client and a server, for faults the server
+//! itself cannot produce: stalled handshakes, frozen flows, latency, replies
+//! that never come back, resets and connections cut mid-stream. It speaks
+//! no protocol, so it serves PostgreSQL and MongoDB alike.
+//!
+//! A frozen flow here is frozen at the application level: the proxy's own
+//! kernel still acknowledges the client's bytes. A true half-open peer (no
+//! acknowledgement at all, what `tcp_user_timeout` detects) is
+//! `support::Blackhole`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A TCP proxy in front of a server whose new connections can be made slow:
-/// each accepted connection waits `delay` before it reaches the server.
-/// Connections already through are not affected.
-pub struct SlowProxy {
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+/// How a flow ends when told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Both sockets closed normally (FIN).
+    Close,
+    /// Both sockets reset (RST).
+    Reset,
+}
+
+/// The faults in force, shared by the proxy and all its flows.
+struct Faults {
+    /// New connections wait this long before reaching the server.
+    stall_new_ms: AtomicU64,
+    /// Every chunk forwarded, either way, waits this long.
+    latency_ms: AtomicU64,
+    /// The server's replies are read and dropped.
+    drop_replies: AtomicBool,
+    /// A flow that has carried this many bytes (both ways) is cut.
+    cut_after_bytes: AtomicU64,
+    /// While true, established flows forward nothing, either way.
+    frozen: watch::Sender<bool>,
+    /// Each message ends every flow established before it.
+    end: watch::Sender<Option<Ending>>,
+    accepted: AtomicUsize,
+}
+
+/// The proxy; dropping it stops accepting (established flows end with
+/// their sockets).
+pub struct FaultProxy {
     pub port: u16,
-    delay_ms: Arc<std::sync::atomic::AtomicU64>,
-    accepted: Arc<AtomicUsize>,
+    faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl SlowProxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> SlowProxy {
+impl FaultProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let delay = delay_ms.clone();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
+        let faults = Arc::new(Faults {
+            stall_new_ms: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
+            drop_replies: AtomicBool::new(false),
+            cut_after_bytes: AtomicU64::new(u64::MAX),
+            frozen: watch::channel(false).0,
+            end: watch::channel(None).0,
+            accepted: AtomicUsize::new(0),
+        });
+        let shared = faults.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::AcqRel);
-                let wait = Duration::from_millis(delay.load(Ordering::Acquire));
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
+            while let Ok((inbound, _)) = listener.accept().await {
+                shared.accepted.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(flow(inbound, upstream, shared.clone()));
             }
         });
-        SlowProxy {
-            port,
-            delay_ms,
-            accepted,
-            task,
-        }
+        FaultProxy { port, faults, task }
     }
 
-    /// A proxy in front of the server of a `postgres://` URL, and the same
-    /// URL through the proxy.
-    pub async fn in_front_of(url: &str) -> (SlowProxy, String) {
-        let parsed: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
-        let port = parsed.get_ports()[0];
+    /// A proxy in front of the server of a `postgres://` or `mongodb://` URL
+    /// (one host), and the same URL through the proxy.
+    pub async fn in_front_of(url: &str) -> (FaultProxy, String) {
+        let after_scheme = url.split_once("://").expect("a URL").1;
+        let authority_start = url.len() - after_scheme.len()
+            + after_scheme
+                .find('@')
+                .filter(|at| after_scheme[..*at].find('/').is_none())
+                .map_or(0, |at| at + 1);
+        let rest = &url[authority_start..];
+        let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_len];
+        let port: u16 = authority
+            .rsplit_once(':')
+            .expect("host:port")
+            .1
+            .parse()
+            .unwrap();
         let upstream = format!("127.0.0.1:{port}").parse().unwrap();
-        let proxy = SlowProxy::start(upstream).await;
-        let host = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-        let via_proxy = url.replacen(host, &format!("127.0.0.1:{}", proxy.port), 1);
-        (proxy, via_proxy)
+        let proxy = FaultProxy::start(upstream).await;
+        let via = format!(
+            "{}127.0.0.1:{}{}",
+            &url[..authority_start],
+            proxy.port,
+            &rest[authority_len..]
+        );
+        (proxy, via)
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::Acquire)
+        self.faults.accepted.load(Ordering::Acquire)
     }
 
-    pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms
-            .store(delay.as_millis() as u64, Ordering::Release);
+    /// New connections wait `delay` after the TCP accept before the proxy
+    /// reaches the server: a stalled handshake.
+    pub fn stall_new(&self, delay: Duration) {
+        let ms = delay.as_millis().min(u64::MAX as u128) as u64;
+        self.faults.stall_new_ms.store(ms, Ordering::Release);
+    }
+
+    /// Every chunk forwarded, either way, waits `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = latency.as_millis().min(u64::MAX as u128) as u64;
+        self.faults.latency_ms.store(ms, Ordering::Release);
+    }
+
+    /// Established and new flows forward nothing until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        self.faults.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.faults.frozen.send_replace(false);
+    }
+
+    /// From now on the client's bytes still reach the server, but the
+    /// server's replies are dropped: a request delivered, its answer lost.
+    pub fn drop_replies(&self) {
+        self.faults.drop_replies.store(true, Ordering::Release);
+    }
+
+    /// A flow is cut once it has carried `bytes` (both ways together).
+    pub fn cut_after(&self, bytes: u64) {
+        self.faults.cut_after_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// Closes every established flow (both sockets, FIN).
+    pub fn cut(&self) {
+        self.faults.end.send_replace(Some(Ending::Close));
+    }
+
+    /// Resets every established flow (both sockets, RST).
+    pub fn reset(&self) {
+        self.faults.end.send_replace(Some(Ending::Reset));
     }
 }
 
-impl Drop for SlowProxy {
+impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// A TCP proxy whose flows can lose their replies and then be cut: with
-/// `hold_replies` the client's bytes still reach the server but nothing
-/// comes back; `cut` closes every flow. The way to lose a connection after
-/// a request was delivered and before its answer arrived.
-pub struct CuttingProxy {
-    pub port: u16,
-    hold: Arc<std::sync::atomic::AtomicBool>,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CuttingProxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let flows_hold = hold.clone();
-        let flows_cut = cut.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let hold = flows_hold.clone();
-                let mut cut = flows_cut.subscribe();
-                tokio::spawn(async move {
-                    let (mut client_read, mut client_write) = inbound.into_split();
-                    let (mut server_read, mut server_write) = outbound.into_split();
-                    let up = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
-                            if server_write.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
-                            if hold.load(Ordering::Acquire) {
-                                continue;
-                            }
-                            if client_write.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = up => {}
-                        _ = down => {}
-                        _ = cut.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        CuttingProxy {
-            port,
-            hold,
-            cut,
-            task,
+async fn flow(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, faults: Arc<Faults>) {
+    let mut end = faults.end.subscribe();
+    end.mark_unchanged();
+    let stall = Duration::from_millis(faults.stall_new_ms.load(Ordering::Acquire));
+    tokio::time::sleep(stall).await;
+    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let carried = AtomicU64::new(0);
+    let (client_read, client_write) = inbound.into_split();
+    let (server_read, server_write) = outbound.into_split();
+    let (client_write, server_write) = (Arc::new(client_write), Arc::new(server_write));
+    let up = pump(client_read, server_write.clone(), &faults, &carried, false);
+    let down = pump(server_read, client_write.clone(), &faults, &carried, true);
+    let ending = tokio::select! {
+        _ = up => Ending::Close,
+        _ = down => Ending::Close,
+        Ok(()) = end.changed() => end.borrow().unwrap_or(Ending::Close),
+    };
+    if ending == Ending::Reset {
+        for half in [&client_write, &server_write] {
+            let half: &OwnedWriteHalf = half;
+            let socket: &tokio::net::TcpStream = half.as_ref();
+            let _ = socket.set_zero_linger();
         }
     }
+    // The halves drop here: the sockets close (or reset).
+}
 
-    /// From now on, the server's replies are dropped.
-    pub fn hold_replies(&self) {
-        self.hold.store(true, Ordering::Release);
-    }
-
-    /// Closes every flow (both sockets of each).
-    pub fn cut(&self) {
-        self.cut.send_replace(true);
+/// Forwards one direction until either side closes or the flow has carried
+/// its allowance.
+async fn pump(
+    mut from: OwnedReadHalf,
+    to: Arc<OwnedWriteHalf>,
+    faults: &Faults,
+    carried: &AtomicU64,
+    replies: bool,
+) {
+    let mut frozen = faults.frozen.subscribe();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let _ = frozen.wait_for(|frozen| !*frozen).await;
+        let Ok(n @ 1..) = from.read(&mut buf).await else {
+            return;
+        };
+        let _ = frozen.wait_for(|frozen| !*frozen).await;
+        let latency = faults.latency_ms.load(Ordering::Acquire);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let total = carried.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        let limit = faults.cut_after_bytes.load(Ordering::Acquire);
+        let n = if total >= limit {
+            // Deliver up to the limit, then end the flow.
+            n - (total - limit).min(n as u64) as usize
+        } else {
+            n
+        };
+        if replies && faults.drop_replies.load(Ordering::Acquire) {
+            continue;
+        }
+        // Shared with the flow (to reset it), so written through the stream.
+        if write_all(&to, &buf[..n]).await.is_err() || total >= limit {
+            return;
+        }
     }
 }
 
-impl Drop for CuttingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+async fn write_all(to: &OwnedWriteHalf, mut bytes: &[u8]) -> std::io::Result<()> {
+    let stream: &tokio::net::TcpStream = to.as_ref();
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }

@@ -145,6 +145,14 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
+        // A pgbouncer that died under the test explains the errors it saw:
+        // show its log before the folder goes.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!(
+                "pgbouncer had exited ({status}): {}",
+                std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -14,7 +14,7 @@ use crate::manager::{DatabaseManager, Inner, Phase};
 #[cfg(feature = "mongodb")]
 use crate::mongo::MongoHandle;
 #[cfg(feature = "postgres")]
-use crate::postgres::{Hook, HookFuture, Hooks, PostgresPool};
+use crate::postgres::{Credential, Hook, HookFuture, Hooks, PasswordProvider, PostgresPool};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// Builds a [`DatabaseManager`]; from [`DatabaseManager::builder`].
@@ -127,6 +127,38 @@ impl DatabaseManagerBuilder {
         F: for<'a> Fn(&'a tokio_postgres::Client) -> HookFuture<'a> + Send + Sync + 'static,
     {
         self.hooks.on_checkin = Some(Hook::new(hook));
+        self
+    }
+
+    /// Fetches the PostgreSQL password before every new connection, for
+    /// credentials that expire: AWS RDS IAM tokens, Vault dynamic secrets.
+    /// It returns a password for the URL's user (a `String`), or a
+    /// [`Credential`] naming the user too. Default: none (the URL's
+    /// password).
+    ///
+    /// The provider runs once per connection opened, not per checkout, and
+    /// is bounded by `postgres.pool.connect_timeout`. Its failure is
+    /// [`Error::CredentialProvider`] (transient: retried at start-up); a
+    /// password the server rejects is [`Error::Connect`] with
+    /// [`crate::FailureKind::Authentication`], permanent. Open connections
+    /// are not affected by a rotation: the server authenticates a session
+    /// once.
+    ///
+    /// ```
+    /// # async fn fetch_token() -> Result<String, std::io::Error> { Ok("token".into()) }
+    /// # fn demo(builder: dbmanager::DatabaseManagerBuilder) -> dbmanager::DatabaseManagerBuilder {
+    /// builder.password_provider(|| async { fetch_token().await })
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn password_provider<F, Fut, C, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<C, E>> + Send + 'static,
+        C: Into<Credential>,
+        E: Into<crate::BoxError>,
+    {
+        self.hooks.password_provider = Some(PasswordProvider::new(provider));
         self
     }
 

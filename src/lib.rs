@@ -38,7 +38,7 @@ pub use migrate::{MigrateError, Migrations, Migrator};
 #[cfg(feature = "mongodb")]
 pub use mongo::MongoHandle;
 #[cfg(feature = "postgres")]
-pub use postgres::{PooledConnection, PostgresPool};
+pub use postgres::{Credential, PooledConnection, PostgresPool};
 #[cfg(feature = "testing")]
 pub use testing::TestDatabase;
 

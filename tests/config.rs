@@ -465,3 +465,30 @@ fn config_show_hides_tokens_in_connection_parameters() {
     assert!(shown.contains("authMechanism=MONGODB-AWS"), "{shown}");
     assert!(shown.contains("k3y_app"), "other parameters stay: {shown}");
 }
+
+#[test]
+fn statement_cache_is_read_from_toml_and_the_environment_and_a_bad_value_names_the_key() {
+    use dbmanager::config::StatementCache;
+    let config = load(None, None, &[]).unwrap();
+    assert_eq!(config.postgres.statement_cache, StatementCache::Named);
+    let config = load(
+        Some("[postgres]\nstatement_cache = \"unnamed\"\n"),
+        None,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.postgres.statement_cache, StatementCache::Unnamed);
+    let config = load(
+        None,
+        None,
+        &[("DBMANAGER_POSTGRES__STATEMENT_CACHE", "off")],
+    )
+    .unwrap();
+    assert_eq!(config.postgres.statement_cache, StatementCache::Off);
+    let (key, problem) = config_error_key(load(
+        None,
+        None,
+        &[("DBMANAGER_POSTGRES__STATEMENT_CACHE", "sometimes")],
+    ));
+    assert!(key.contains("statement_cache"), "{key}: {problem}");
+}

@@ -11,6 +11,7 @@ use crate::error::{BenchError, Result};
 use crate::runner::Step;
 use crate::{BenchOptions, Workload};
 use dbmanager::DatabaseManager;
+use dbmanager::config::StatementCache;
 
 /// pgbench's select-only script (`pgbench -S`), statement for statement.
 pub(crate) const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
@@ -42,12 +43,22 @@ pub(crate) struct PgStep {
     statement: Statement,
     rng: fastrand::Rng,
     task: i32,
+    /// `postgres.statement_cache` is `named`: statements are prepared once
+    /// per connection (`prepare_cached`). Otherwise each runs as the
+    /// unnamed statement in one round trip (`query_typed`), which works
+    /// behind PgBouncer in transaction mode.
+    cached: bool,
 }
 
 impl Step for PgStep {
     async fn step(&mut self) -> Result<Option<Instant>> {
         let client = self.db.postgres()?.get().await?;
         let acquired = Instant::now();
+        if !self.cached {
+            self.step_unnamed(&client).await?;
+            drop(client);
+            return Ok(Some(acquired));
+        }
         match &self.statement {
             Statement::Select1 => {
                 let statement = client.prepare_cached("SELECT 1").await?;
@@ -72,6 +83,39 @@ impl Step for PgStep {
         }
         drop(client);
         Ok(Some(acquired))
+    }
+}
+
+impl PgStep {
+    /// One operation as the unnamed statement, parameter types given.
+    async fn step_unnamed(&mut self, client: &dbmanager::PooledConnection) -> Result<()> {
+        match &self.statement {
+            Statement::Select1 => {
+                client.query_typed_one("SELECT 1", &[]).await?;
+            }
+            Statement::PgbenchSelect { accounts, bigint } => {
+                let aid = self.rng.i64(1..=*accounts);
+                if *bigint {
+                    client
+                        .query_typed_one(PGBENCH_SELECT, &[(&aid, Type::INT8)])
+                        .await?;
+                } else {
+                    let aid = aid as i32;
+                    client
+                        .query_typed_one(PGBENCH_SELECT, &[(&aid, Type::INT4)])
+                        .await?;
+                }
+            }
+            Statement::Insert { sql } => {
+                client
+                    .query_typed(
+                        sql,
+                        &[(&self.task, Type::INT4), (&INSERT_PAYLOAD, Type::TEXT)],
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +165,7 @@ pub(crate) async fn prepare(
             statement: statement.clone(),
             rng: fastrand::Rng::with_seed(options.seed.wrapping_add(task as u64)),
             task: i32::try_from(task).unwrap_or(i32::MAX),
+            cached: db.config().postgres.statement_cache == StatementCache::Named,
         })
         .collect();
     Ok((steps, dataset))

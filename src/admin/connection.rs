@@ -12,7 +12,7 @@ use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
-use crate::postgres::{Connector, connect_error, create_timeout, driver_config};
+use crate::postgres::{Driver, connect_error, create_timeout, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -46,8 +46,7 @@ impl Drop for DirectConnection {
 /// credentials and session settings of `[postgres]`.
 #[derive(Clone)]
 pub(crate) struct Server {
-    base: tokio_postgres::Config,
-    tls: Connector,
+    driver: Driver,
     parsed: ConnectionString,
     secrets: Vec<String>,
     /// The bound on one connection attempt, handshake included: the pool's
@@ -68,8 +67,7 @@ impl Server {
             )
         })?;
         Ok(Server {
-            base: driver.config,
-            tls: driver.tls,
+            driver,
             parsed,
             secrets: url.password().into_iter().collect(),
             attempt_timeout: config.pool.connect_timeout.saturating_mul(2),
@@ -78,9 +76,10 @@ impl Server {
 
     /// The database the URL names (else the user name, as libpq does).
     pub fn database(&self) -> String {
-        self.base
+        self.driver
+            .config
             .get_dbname()
-            .or(self.base.get_user())
+            .or(self.driver.config.get_user())
             .unwrap_or("postgres")
             .to_string()
     }
@@ -104,10 +103,10 @@ impl Server {
 
     /// One connection attempt, within the attempt timeout.
     pub async fn connect(&self, database: &str) -> Result<DirectConnection> {
-        let mut config = self.base.clone();
+        let mut config = self.driver.config.clone();
         config.dbname(database);
         let target = self.target(database);
-        let attempt = tokio::time::timeout(self.attempt_timeout, config.connect(self.tls.clone()));
+        let attempt = tokio::time::timeout(self.attempt_timeout, self.driver.connect(&config));
         let (client, connection) = attempt
             .await
             .map_err(|_| create_timeout(&target, self.attempt_timeout))?

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 pub use loader::{ConfigLoader, Setting};
 pub use migrations::{BootstrapConfig, MigrationsConfig};
 pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};
-pub use postgres::{PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod};
+pub use postgres::{
+    PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod, StatementCache,
+};
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_url};
 
 #[cfg(feature = "migrate")]

@@ -66,6 +66,11 @@ pub struct PostgresConfig {
     /// for the operating system's behaviour.
     #[serde(with = "humantime_serde")]
     pub tcp_user_timeout: Option<Duration>,
+    /// Whether prepared statements may outlive a transaction. Set `unnamed`
+    /// (or `off`) behind PgBouncer in transaction mode, where consecutive
+    /// transactions of one client may run on different server connections.
+    /// Default: `named`.
+    pub statement_cache: StatementCache,
     /// Connection pool settings.
     pub pool: PostgresPoolConfig,
 }
@@ -84,6 +89,7 @@ impl Default for PostgresConfig {
             keepalives_interval: Duration::from_secs(10),
             keepalives_retries: 3,
             tcp_user_timeout: Some(Duration::from_secs(30)),
+            statement_cache: StatementCache::Named,
             pool: PostgresPoolConfig::default(),
         }
     }
@@ -109,6 +115,34 @@ pub enum RecyclingMethod {
     Clean,
     /// Run this SQL on every checkout.
     Custom(String),
+}
+
+/// Whether prepared statements may outlive a transaction
+/// (`postgres.statement_cache`).
+///
+/// tokio-postgres prepares a named statement for every `query(&str)`; a
+/// transaction-pooling proxy (PgBouncer's `pool_mode = transaction`) may
+/// run the prepare and the execution, or two checkouts, on different
+/// server connections, where the name does not exist. See "Running behind
+/// PgBouncer" in docs/operations.md for what application code must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StatementCache {
+    /// Named statements, kept per connection for its whole life
+    /// (`prepare_cached`): fastest, for a direct connection or a
+    /// session-pooling proxy.
+    #[default]
+    Named,
+    /// Nothing named outlives a checkout: the crate's own statements are
+    /// unnamed (one round trip, parse-bind-execute), and a connection's
+    /// statement and type caches are emptied when it returns to the pool,
+    /// so `prepare_cached` inside a checkout's (one) transaction is safe.
+    Unnamed,
+    /// As `unnamed`, and the crate's own statements use the simple query
+    /// protocol: no statement is parsed apart from its execution, for
+    /// proxies that do not support the extended protocol.
+    Off,
 }
 
 /// In which order idle connections are handed out.
@@ -353,7 +387,7 @@ fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
 /// tokio-postgres, which knows only `disable`, `prefer` and `require` and no
 /// CA files; they are taken out before the driver parses the URL.
 #[cfg(feature = "tls")]
-const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
+const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// Parses a URL or key/value string with tokio-postgres, describing a
 /// failure without the secret.

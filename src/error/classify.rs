@@ -69,6 +69,13 @@ pub(crate) fn classify_postgres(error: &tokio_postgres::Error) -> FailureKind {
     if let Some(io) = io_in_chain(error) {
         return classify_io(io);
     }
+    // The driver's own authentication failures (no SQLSTATE): above all
+    // `channel_binding=require` against a server that did not use channel
+    // binding (no TLS, or SCRAM without -PLUS). As permanent as a wrong
+    // password. Its message is the only way to tell, as for TLS above.
+    if error.to_string().starts_with("authentication error") {
+        return FailureKind::Authentication;
+    }
     if error.is_closed() {
         return FailureKind::Reset;
     }

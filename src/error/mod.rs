@@ -95,6 +95,18 @@ pub enum Error {
         elapsed: Duration,
     },
 
+    /// The password provider ([`crate::DatabaseManagerBuilder::password_provider`])
+    /// failed or did not answer within the connect timeout, so no
+    /// connection was attempted. Transient: the provider is asked again on
+    /// the next attempt.
+    #[error("the {backend} password provider failed: {reason}")]
+    CredentialProvider {
+        /// The database whose connection needed the credential.
+        backend: Backend,
+        /// The provider's error message, or that it did not answer in time.
+        reason: String,
+    },
+
     /// No connection became free within the pool's wait timeout.
     ///
     /// `status` is the pool at the moment of the timeout: `in_use == max_size`
@@ -281,6 +293,8 @@ impl Error {
         match self {
             Error::Connect { kind, .. } => kind.is_transient(),
             Error::PoolTimeout { .. } | Error::Timeout { .. } => true,
+            // A token service that hiccuped answers the next attempt.
+            Error::CredentialProvider { .. } => true,
             #[cfg(feature = "postgres")]
             Error::Postgres { error, .. } => classify_postgres(error).is_transient(),
             #[cfg(feature = "mongodb")]

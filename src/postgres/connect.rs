@@ -20,28 +20,87 @@ pub(crate) type Connector = tokio_postgres::NoTls;
 pub(crate) struct Driver {
     pub config: tokio_postgres::Config,
     pub tls: Connector,
+    /// Asked for the password of every new connection, when set.
+    pub credentials: Option<super::credentials::PasswordProvider>,
+    /// `sslmode=allow`: `config` connects without TLS; a server that
+    /// refuses that is asked again with TLS.
+    pub plaintext_first: bool,
 }
 
-/// The TLS side of a URL: tokio-postgres' mode and our connector.
+/// The task driving one direct connection's socket (outside the pool,
+/// which opens its own under a tap: `super::open`).
+#[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+pub(crate) type DirectTask = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <Connector as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+impl Driver {
+    /// Opens one direct connection (outside the pool) with `config` (this
+    /// driver's, or one derived from it). Under `sslmode=allow` a plain
+    /// connection is tried first and, when the server answers it with an
+    /// error (pg_hba.conf demanding `hostssl`), an encrypted one, as libpq
+    /// does.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+    pub(crate) async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, DirectTask), tokio_postgres::Error> {
+        match config.connect(self.tls.clone()).await {
+            Err(error) if self.plaintext_first && error.as_db_error().is_some() => {
+                let mut encrypted = config.clone();
+                encrypted.ssl_mode(tokio_postgres::config::SslMode::Require);
+                encrypted.connect(self.tls.clone()).await
+            }
+            outcome => outcome,
+        }
+    }
+}
+
+/// The TLS side of a URL: tokio-postgres' mode, whether to try without TLS
+/// first (`allow`), and our connector.
 #[cfg(feature = "tls")]
-fn tls_settings(url: &DatabaseUrl) -> Result<(tokio_postgres::config::SslMode, Connector), String> {
-    use super::tls::{PgTls, Verification, client_config, root_cert_path};
+fn tls_settings(
+    url: &DatabaseUrl,
+) -> Result<(tokio_postgres::config::SslMode, bool, Connector), String> {
+    use super::tls::{
+        ClientCertificate, PgTls, Verification, client_config, is_system, path_param,
+    };
     use tokio_postgres::config::SslMode;
     let parsed = crate::config::url::ConnectionString::parse(url.expose())
         .map_err(|p| format!("is not a valid connection string: it {p}"))?;
-    let root_cert = root_cert_path(parsed.param("sslrootcert"));
-    let (mode, verification) = match parsed.param("sslmode").as_deref().unwrap_or("prefer") {
-        "disable" => (SslMode::Disable, Verification::None),
-        "allow" | "prefer" => (SslMode::Prefer, Verification::None),
+    let root_cert = path_param(parsed.param("sslrootcert"));
+    let system = root_cert.as_deref().is_some_and(is_system);
+    let client = ClientCertificate::from_params(parsed.param("sslcert"), parsed.param("sslkey"))?;
+    // libpq 16: the system store makes verify-full the default and the
+    // only mode allowed, since any CA in it could otherwise vouch for any
+    // host.
+    let sslmode = parsed
+        .param("sslmode")
+        .unwrap_or_else(|| if system { "verify-full" } else { "prefer" }.into());
+    if system && sslmode != "verify-full" {
+        return Err(format!(
+            "has sslmode `{sslmode}` with sslrootcert=system, which allows only verify-full (as libpq 16)"
+        ));
+    }
+    let (mode, verification, plaintext_first) = match sslmode.as_str() {
+        "disable" => (SslMode::Disable, Verification::None, false),
+        "allow" => (SslMode::Disable, Verification::None, true),
+        "prefer" => (SslMode::Prefer, Verification::None, false),
         // libpq: with a CA file, `require` checks the chain like verify-ca.
-        "require" if root_cert.is_some() => (SslMode::Require, Verification::Chain),
-        "require" => (SslMode::Require, Verification::None),
-        "verify-ca" => (SslMode::Require, Verification::Chain),
-        "verify-full" => (SslMode::Require, Verification::Full),
+        "require" if root_cert.is_some() => (SslMode::Require, Verification::Chain, false),
+        "require" => (SslMode::Require, Verification::None, false),
+        "verify-ca" => (SslMode::Require, Verification::Chain, false),
+        "verify-full" => (SslMode::Require, Verification::Full, false),
         other => return Err(format!("has unknown sslmode `{other}`")),
     };
-    let config = client_config(verification, root_cert.as_deref())?;
-    Ok((mode, PgTls::new(config)))
+    if sslmode == "disable" && parsed.param("channel_binding").as_deref() == Some("require") {
+        return Err(
+            "has channel_binding=require with sslmode=disable: channel binding needs TLS".into(),
+        );
+    }
+    let config = client_config(verification, root_cert.as_deref(), client.as_ref())?;
+    Ok((mode, plaintext_first, PgTls::new(config)))
 }
 
 /// The driver configuration for a pool: the URL plus the session settings,
@@ -51,14 +110,14 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     let mut pg =
         parse_driver_config(url).map_err(|problem| Error::config("postgres.url", problem))?;
     #[cfg(feature = "tls")]
-    let tls = {
-        let (mode, tls) =
+    let (tls, plaintext_first) = {
+        let (mode, plaintext_first, tls) =
             tls_settings(url).map_err(|problem| Error::config("postgres.url", problem))?;
         pg.ssl_mode(mode);
-        tls
+        (tls, plaintext_first)
     };
     #[cfg(not(feature = "tls"))]
-    let tls = tokio_postgres::NoTls;
+    let (tls, plaintext_first) = (tokio_postgres::NoTls, false);
     if pg.get_application_name().is_none() {
         pg.application_name(&config.application_name);
     }
@@ -89,7 +148,12 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     if !options.is_empty() {
         pg.options(&options);
     }
-    Ok(Driver { config: pg, tls })
+    Ok(Driver {
+        config: pg,
+        tls,
+        credentials: None,
+        plaintext_first,
+    })
 }
 
 /// A failed connection attempt as [`Error::Connect`] (one attempt; the

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::recycler::{PgConnection, PgManager};
 use super::shared::Shared;
+use crate::config::StatementCache;
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
@@ -203,6 +204,14 @@ impl Drop for PooledConnection {
         let object = self.object.as_mut().expect("checked above");
         object.last_released = now;
         let shared = &object.shared;
+        if shared.statement_cache != StatementCache::Named {
+            // The next checkout may run on another server connection behind
+            // a transaction pooler: no statement name may carry over. The
+            // statements' Close messages are housekeeping the return below
+            // lets finish.
+            object.client.statement_cache.clear();
+            object.client.clear_type_cache();
+        }
         // A request still in flight means the caller dropped a query's
         // future (or an uncommitted `Transaction`, whose ROLLBACK
         // tokio-postgres sends without waiting): that is settled, and the

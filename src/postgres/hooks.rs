@@ -56,7 +56,7 @@ impl Hook {
 }
 
 /// A hook's panic as an error carrying the panic message.
-fn panicked(payload: Box<dyn Any + Send>) -> BoxError {
+pub(super) fn panicked(payload: Box<dyn Any + Send>) -> BoxError {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -83,4 +83,6 @@ pub(crate) struct Hooks {
     /// Every return to the pool. An error closes the connection instead of
     /// returning it.
     pub on_checkin: Option<Hook>,
+    /// Every new connection, before it is opened: its password.
+    pub password_provider: Option<super::credentials::PasswordProvider>,
 }

@@ -1,8 +1,11 @@
 //! The PostgreSQL side: a deadpool pool of tokio-postgres connections with
 //! lifetimes, idle reaping, warm-up, hooks, leak detection and drain.
 
+#[cfg(feature = "tls")]
+mod channel_binding;
 mod connect;
 mod connection;
+mod credentials;
 mod hooks;
 mod maintenance;
 mod open;
@@ -10,6 +13,7 @@ mod pool;
 mod probe;
 mod recycler;
 mod shared;
+mod statements;
 #[cfg(feature = "tls")]
 mod tls;
 mod transaction;
@@ -17,6 +21,8 @@ mod wire_tap;
 
 pub use crate::error::describe_postgres as describe_error;
 pub use connection::PooledConnection;
+pub use credentials::Credential;
+pub(crate) use credentials::PasswordProvider;
 pub use deadpool_postgres::ClientWrapper;
 /// The transaction a [`PostgresPool::transaction`] closure receives:
 /// deadpool-postgres' wrapper of `tokio_postgres::Transaction`, so every
@@ -28,7 +34,7 @@ pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;
 
 #[cfg(feature = "migrate")]
-pub(crate) use connect::{Connector, connect_error, create_timeout, driver_config};
+pub(crate) use connect::{Driver, connect_error, create_timeout, driver_config};
 pub(crate) use hooks::Hooks;
 #[cfg(feature = "migrate")]
 pub(crate) use open::Canceller;

@@ -105,11 +105,28 @@ impl Canceller {
 }
 
 /// Opens a connection as `Config::connect` would, with the tap under it.
+/// Under `sslmode=allow` a plain connection is tried first and, when the
+/// server answers it with an error (pg_hba.conf demanding `hostssl`), an
+/// encrypted one, as libpq does.
 pub(crate) async fn open(
     driver: &Driver,
     target: &str,
     secrets: &[String],
 ) -> Result<Opened, Error> {
+    match open_once(driver, target, secrets).await {
+        Err(Error::Connect { code: Some(_), .. }) if driver.plaintext_first => {
+            let mut encrypted = driver.clone();
+            encrypted
+                .config
+                .ssl_mode(tokio_postgres::config::SslMode::Require);
+            open_once(&encrypted, target, secrets).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// [`open`] with the driver's TLS mode as it is.
+async fn open_once(driver: &Driver, target: &str, secrets: &[String]) -> Result<Opened, Error> {
     let config = &driver.config;
     let hosts = config.get_hosts();
     let hostaddrs = config.get_hostaddrs();

@@ -92,7 +92,8 @@ impl PostgresPool {
             backend: Backend::Postgres,
             hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
         })?;
-        let driver = driver_config(config, url)?;
+        let mut driver = driver_config(config, url)?;
+        driver.credentials = hooks.password_provider.clone();
         let pg = &driver.config;
         let parsed = ConnectionString::parse(url.expose()).ok();
         let target = parsed
@@ -124,6 +125,7 @@ impl PostgresPool {
             == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
         let shared = Arc::new(Shared::new(
             settings,
+            config.statement_cache,
             hooks,
             target,
             database,
@@ -459,6 +461,11 @@ impl PostgresPool {
     /// Where the pool connects, without credentials (`user@host:port/db`).
     pub fn target(&self) -> &str {
         &self.shared.target
+    }
+
+    /// `postgres.statement_cache`, for the crate's own statements.
+    pub(crate) fn statement_cache(&self) -> crate::config::StatementCache {
+        self.shared.statement_cache
     }
 
     /// Secrets to scrub from messages before they are shown.

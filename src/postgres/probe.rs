@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::pool::PostgresPool;
+use super::statements::first_row_text;
 use crate::config::scrub;
 use crate::error::{Backend, Error};
 use crate::health::{ComponentHealth, HealthStatus};
@@ -22,14 +23,16 @@ impl PostgresPool {
         let started = Instant::now();
         let outcome = tokio::time::timeout(timeout, async {
             let client = self.get_timeout(timeout).await?;
-            let row = client
-                .query_one(
-                    "SELECT current_setting('server_version'), current_database()",
-                    &[],
-                )
-                .await
-                .map_err(|e| Error::postgres("health probe", e))?;
-            Ok::<_, Error>((row.get::<_, String>(0), row.get::<_, String>(1)))
+            let row = first_row_text(
+                &client,
+                self.statement_cache(),
+                "SELECT current_setting('server_version'), current_database()::text",
+            )
+            .await
+            .map_err(|e| Error::postgres("health probe", e))?;
+            let mut columns = row.into_iter().map(Option::unwrap_or_default);
+            let version = columns.next().unwrap_or_default();
+            Ok::<_, Error>((version, columns.next().unwrap_or_default()))
         })
         .await;
         let latency = started.elapsed();

@@ -13,6 +13,7 @@ use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 
 use super::connect::Driver;
+use super::credentials::secrets_of;
 use super::open::{Canceller, Opened, open};
 use super::shared::{LiveConnection, Shared};
 use super::wire_tap::{Tap, TransactionStatus};
@@ -96,10 +97,11 @@ impl Manager for PgManager {
         // Boxed: the connect future is several kilobytes, and this future is
         // part of every checkout's future (deadpool's `get` may create), so
         // inline it would be copied on every checkout.
+        let driver = self.driver.for_next_connection().await?;
         let opened = Box::pin(open(
-            &self.driver,
+            &driver,
             &self.shared.target,
-            &self.shared.secrets,
+            &secrets_of(&driver.config, &self.shared.secrets),
         ))
         .await?;
         let Opened {

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::hooks::Hooks;
-use crate::config::PostgresPoolConfig;
+use crate::config::{PostgresPoolConfig, StatementCache};
 use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
@@ -34,6 +34,8 @@ pub(crate) struct Counters {
 
 pub(crate) struct Shared {
     pub settings: PostgresPoolConfig,
+    /// `postgres.statement_cache`: whether caches are emptied on return.
+    pub statement_cache: StatementCache,
     pub hooks: Hooks,
     /// Credential-free `user@host:port/db`, for logs and errors.
     pub target: String,
@@ -71,6 +73,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(
         settings: PostgresPoolConfig,
+        statement_cache: StatementCache,
         hooks: Hooks,
         target: String,
         database: String,
@@ -79,6 +82,7 @@ impl Shared {
     ) -> Self {
         Shared {
             settings,
+            statement_cache,
             hooks,
             target,
             database,

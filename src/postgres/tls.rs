@@ -4,13 +4,21 @@
 //! | sslmode | encryption | server certificate checked |
 //! | --- | --- | --- |
 //! | `disable` | never | — |
-//! | `allow`, `prefer` | when the server offers it | no |
+//! | `allow` | only when the server refuses a plain connection | no |
+//! | `prefer` | when the server offers it | no |
 //! | `require` | always | no (as libpq; with `sslrootcert`, like `verify-ca`) |
 //! | `verify-ca` | always | chain against the CA |
 //! | `verify-full` | always | chain and host name |
 //!
-//! The CA comes from `sslrootcert=<file.pem>` in the URL, else the Mozilla
-//! root set (`webpki-roots`; `sslrootcert=system` says so explicitly).
+//! The CA comes from `sslrootcert=<file.pem>` in the URL; `sslrootcert=system`
+//! is the operating system's trust store (libpq 16: `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR` apply, and only `verify-full` is allowed with it); without
+//! `sslrootcert`, the Mozilla root set (`webpki-roots`). `sslcert` and
+//! `sslkey` name a client certificate and its key (PEM) for `cert`
+//! authentication. The stream offers `tls-server-end-point` channel binding,
+//! so SCRAM-SHA-256-PLUS is used when the server offers it
+//! (`channel_binding=prefer`, tokio-postgres' default) and demanded with
+//! `channel_binding=require`.
 
 use std::future::Future;
 use std::io;
@@ -23,7 +31,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -46,16 +54,16 @@ pub(crate) enum Verification {
 pub(crate) fn client_config(
     verification: Verification,
     root_cert: Option<&Path>,
+    client_cert: Option<&ClientCertificate>,
 ) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let config = match verification {
+    let builder = match verification {
         Verification::None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider))),
         Verification::Chain | Verification::Full => {
             let roots = Arc::new(root_store(root_cert)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
@@ -68,15 +76,96 @@ pub(crate) fn client_config(
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
         }
     };
-    Ok(config)
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some(client) => {
+            let (chain, key) = client.load()?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!("sslcert and sslkey do not make a usable client certificate: {e}")
+            })
+        }
+    }
+}
+
+/// A client certificate and its private key (`sslcert`, `sslkey`), read
+/// when the pool is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientCertificate {
+    /// Both files, or neither; one without the other is a mistake libpq
+    /// would only notice at the handshake.
+    pub(crate) fn from_params(
+        cert: Option<String>,
+        key: Option<String>,
+    ) -> Result<Option<Self>, String> {
+        match (path_param(cert), path_param(key)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(ClientCertificate { cert, key })),
+            (Some(_), None) => Err("has sslcert without sslkey: give both".into()),
+            (None, Some(_)) => Err("has sslkey without sslcert: give both".into()),
+        }
+    }
+
+    /// The certificate chain and the key. Messages name the files, never
+    /// what the key file holds.
+    fn load(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("sslcert {} cannot be read as PEM: {e}", self.cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "sslcert {} holds no certificate",
+                self.cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            format!(
+                "sslkey {} cannot be read as a PEM private key: {}",
+                self.key.display(),
+                key_problem(&e)
+            )
+        })?;
+        Ok((chain, key))
+    }
+}
+
+/// What went wrong reading a key, in words that cannot quote the key.
+fn key_problem(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match error {
+        E::Io(io) => io.to_string(),
+        E::NoItemsFound => "no private key in it".into(),
+        _ => "it is not a valid PEM private key".into(),
+    }
 }
 
 fn root_store(root_cert: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    match root_cert.filter(|p| p.as_os_str() != "system") {
+    match root_cert {
+        Some(path) if is_system(path) => {
+            // libpq 16 loads OpenSSL's default locations, which
+            // SSL_CERT_FILE and SSL_CERT_DIR override; rustls-native-certs
+            // reads the same (and the platform store on macOS and Windows).
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+                return Err(format!(
+                    "sslrootcert=system found no trusted certificate in the operating system's store{}",
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", errors.join("; "))
+                    }
+                ));
+            }
+        }
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("sslrootcert {} cannot be read: {e}", path.display()))?;
@@ -302,13 +391,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM-SHA-256 without channel binding; tokio-postgres falls back
-        // to it when none is offered.
-        ChannelBinding::none()
+        // tls-server-end-point (RFC 5929): the hash of the server's
+        // certificate, which SCRAM-SHA-256-PLUS mixes into the proof, so a
+        // man in the middle holding another certificate cannot relay the
+        // authentication. None when the certificate's signature names no
+        // usable hash; tokio-postgres then uses plain SCRAM-SHA-256 (and
+        // fails under channel_binding=require).
+        let (_, connection) = self.0.get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| super::channel_binding::tls_server_end_point(cert))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
     }
 }
 
-/// The CA file named by `sslrootcert`, if any.
-pub(crate) fn root_cert_path(value: Option<String>) -> Option<PathBuf> {
+/// Whether `sslrootcert` names the operating system's trust store.
+pub(crate) fn is_system(path: &Path) -> bool {
+    path.as_os_str() == "system"
+}
+
+/// The file a path parameter (`sslrootcert`, `sslcert`, `sslkey`) names, if any.
+pub(crate) fn path_param(value: Option<String>) -> Option<PathBuf> {
     value.filter(|v| !v.is_empty()).map(PathBuf::from)
 }

@@ -22,7 +22,7 @@ pub(super) fn pg_bindir() -> PathBuf {
         .expect("PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/setup or install postgresql")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -43,6 +43,72 @@ pub(super) fn cluster_dir(prefix: &str, root: bool) -> tempfile::TempDir {
         assert!(status.success());
     }
     dir
+}
+
+/// Runs openssl for the TLS fixtures; fails the test with its message.
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is needed for the TLS tests: apt-get install openssl");
+    assert!(
+        output.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A key and a certificate for `subject` with `extensions`, signed by the
+/// test CA in `dir` (`ca.crt`, `ca.key`), written to `out` as
+/// `<name>.crt` and `<name>.key`.
+fn issue(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    subject: &str,
+    extensions: &str,
+) -> (PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (cert, key) = (
+        out.join(format!("{name}.crt")),
+        out.join(format!("{name}.key")),
+    );
+    let (csr, ext) = (
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(&ext, extensions).unwrap();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    openssl(&[
+        &os("req"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-subj"),
+        &os(subject),
+        &os("-keyout"),
+        key.as_os_str(),
+        &os("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        ca.as_os_str(),
+        &os("-CAkey"),
+        ca_key.as_os_str(),
+        &os("-CAcreateserial"),
+        &os("-days"),
+        &os("2"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ]);
+    (cert, key)
 }
 
 /// A PostgreSQL cluster owned by one test: SCRAM passwords, fsync off, on a
@@ -281,28 +347,6 @@ impl PgCluster {
         let data = self.dir.path().join("data");
         let dir = self.dir.path();
         let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        let (cert, key, csr) = (
-            data.join("server.crt"),
-            data.join("server.key"),
-            dir.join("server.csr"),
-        );
-        let extensions = dir.join("server.ext");
-        std::fs::write(
-            &extensions,
-            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let openssl = |args: &[&std::ffi::OsStr]| {
-            let output = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl is needed for the TLS tests");
-            assert!(
-                output.status.success(),
-                "openssl: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
         let os = |s: &str| std::ffi::OsString::from(s);
         openssl(&[
             &os("req"),
@@ -319,35 +363,13 @@ impl PgCluster {
             &os("-out"),
             ca.as_os_str(),
         ]);
-        openssl(&[
-            &os("req"),
-            &os("-newkey"),
-            &os("rsa:2048"),
-            &os("-nodes"),
-            &os("-subj"),
-            &os("/CN=localhost"),
-            &os("-keyout"),
-            key.as_os_str(),
-            &os("-out"),
-            csr.as_os_str(),
-        ]);
-        openssl(&[
-            &os("x509"),
-            &os("-req"),
-            &os("-in"),
-            csr.as_os_str(),
-            &os("-CA"),
-            ca.as_os_str(),
-            &os("-CAkey"),
-            ca_key.as_os_str(),
-            &os("-CAcreateserial"),
-            &os("-days"),
-            &os("2"),
-            &os("-extfile"),
-            extensions.as_os_str(),
-            &os("-out"),
-            cert.as_os_str(),
-        ]);
+        let (cert, key) = issue(
+            dir,
+            &data,
+            "server",
+            "/CN=localhost",
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        );
         if self.root {
             Command::new("chown")
                 .arg("postgres")
@@ -372,6 +394,44 @@ impl PgCluster {
         )
         .unwrap();
         ca
+    }
+}
+
+impl PgCluster {
+    /// Replaces pg_hba.conf (before `start`).
+    pub fn set_hba(&self, lines: &str) {
+        std::fs::write(self.dir.path().join("data").join("pg_hba.conf"), lines).unwrap();
+    }
+
+    /// After [`PgCluster::enable_tls`] (before `start`): the server checks
+    /// client certificates against the test CA, and a certificate for
+    /// `user` (its common name) signed by that CA is made. Returns the
+    /// certificate's and the key's paths.
+    pub fn client_certificate(&self, user: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        let data = dir.join("data");
+        std::fs::copy(dir.join("ca.crt"), data.join("root.crt")).unwrap();
+        if self.root {
+            Command::new("chown")
+                .arg("postgres")
+                .arg(data.join("root.crt"))
+                .status()
+                .unwrap();
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(conf, "ssl_ca_file = 'root.crt'").unwrap();
+        // Extensions make it an X.509 v3 certificate, which rustls (like
+        // any current TLS stack) requires of a client certificate.
+        issue(
+            dir,
+            dir,
+            user,
+            &format!("/CN={user}"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
     }
 }
 

@@ -8,6 +8,8 @@
 //!   stop, restart or break a server ([`PgCluster`]).
 //! - [`mongo`]: MongoDB from `MONGODB_URL`, or a `mongoeco` server started
 //!   for the test ([`MongoServer`]).
+//! - [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of a
+//!   server ([`PgBouncer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
 //! - [`patroni`]: a three-member Patroni cluster with etcd, for failover.
 //! - [`load`]: a write load that records what the server acknowledged.
@@ -30,6 +32,7 @@ pub mod logs;
 pub mod migrations;
 pub mod mongo;
 pub mod patroni;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod retries;
@@ -46,6 +49,7 @@ pub use logs::*;
 pub use migrations::*;
 pub use mongo::*;
 pub use patroni::Patroni;
+pub use pgbouncer::*;
 pub use postgres::*;
 pub use proxy::*;
 pub use retries::*;

@@ -160,9 +160,5 @@ stop_run() {
     stop_postgres "$dir/pg"
     stop_mongoeco "$dir"
     rm -rf "$dir"
-    # A test process killed outright (a timeout) cannot stop the Patroni
-    # cluster it owned: its Patroni, PostgreSQL and etcd processes all run
-    # from a dbmanager-patroni-* folder.
-    pkill -9 -f "dbmanager-patroni-" 2>/dev/null
     return 0
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::multiplex::PostgresMultiplexConfig;
 use super::secret::DatabaseUrl;
 #[cfg(feature = "postgres")]
 use super::secret::scrub;
@@ -68,6 +69,8 @@ pub struct PostgresConfig {
     pub tcp_user_timeout: Option<Duration>,
     /// Connection pool settings.
     pub pool: PostgresPoolConfig,
+    /// Multiplexed mode settings (`db.postgres()?.multiplexed()`).
+    pub multiplex: PostgresMultiplexConfig,
 }
 
 impl Default for PostgresConfig {
@@ -85,6 +88,7 @@ impl Default for PostgresConfig {
             keepalives_retries: 3,
             tcp_user_timeout: Some(Duration::from_secs(30)),
             pool: PostgresPoolConfig::default(),
+            multiplex: PostgresMultiplexConfig::default(),
         }
     }
 }
@@ -246,6 +250,7 @@ impl PostgresConfig {
         }
         positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
         self.pool.check(p);
+        self.multiplex.check(p);
     }
 }
 

@@ -5,6 +5,7 @@ mod connect;
 mod connection;
 mod hooks;
 mod maintenance;
+mod multiplex;
 mod pool;
 mod probe;
 mod recycler;
@@ -21,6 +22,7 @@ pub use deadpool_postgres::ClientWrapper;
 /// query method works, plus `prepare_cached`.
 pub use deadpool_postgres::Transaction;
 pub use hooks::{Hook, HookFuture};
+pub use multiplex::{MultiplexSql, Multiplexed, MultiplexedStatement};
 pub use pool::{PoolStats, PostgresPool};
 pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;

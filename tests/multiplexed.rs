@@ -451,3 +451,29 @@ async fn a_server_restart_under_load_fails_callers_transiently_and_recovers() {
     manager.shutdown().await.unwrap();
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_waits_no_longer_than_wait_timeout_for_a_connection_that_cannot_open() {
+    let db = TestDb::create("mux_stalled_open").await;
+    let (proxy, via_proxy) = support::SlowProxy::in_front_of(&db.url).await;
+    let mut config = mux_config(&via_proxy, 2);
+    config.postgres.multiplex.wait_timeout = Duration::from_millis(500);
+    // The pool's own connection opens before the proxy turns slow.
+    let manager = support::build(config).await;
+    proxy.set_delay(Duration::from_secs(60));
+    let started = Instant::now();
+    match manager
+        .postgres()
+        .unwrap()
+        .multiplexed()
+        .query_one("SELECT 1", &[])
+        .await
+    {
+        Err(Error::PoolTimeout { status, .. }) => assert_eq!(status.open, 0, "{status}"),
+        other => panic!("expected a PoolTimeout, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let report = manager.shutdown().await.unwrap();
+    assert!(report.drained, "{report:?}");
+}

@@ -477,3 +477,38 @@ async fn a_caller_waits_no_longer_than_wait_timeout_for_a_connection_that_cannot
     let report = manager.shutdown().await.unwrap();
     assert!(report.drained, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_period_cancels_and_closes_what_is_still_in_flight() {
+    let db = TestDb::create("mux_forced").await;
+    let mut config = mux_config(&db.url, 1);
+    config.shutdown.grace_period = Duration::from_millis(200);
+    let app = config.postgres.application_name.clone();
+    let manager = support::build(config).await;
+    let mux = manager.postgres().unwrap().multiplexed().clone();
+    let slow = {
+        let mux = mux.clone();
+        tokio::spawn(async move { mux.execute("SELECT pg_sleep(60)", &[]).await })
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), async || mux.status().in_flight
+            == 1)
+        .await,
+        "{}",
+        mux.status()
+    );
+    let report = manager.shutdown().await.unwrap();
+    assert_eq!(report.postgres_forced, 1, "{report:?}");
+    assert!(!report.drained);
+    assert!(report.took < Duration::from_secs(5), "{report:?}");
+    let error = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the statement ends with the shutdown")
+        .unwrap()
+        .expect_err("ended before it finished");
+    assert!(
+        error.is_transient() || error.sqlstate() == Some("57014"),
+        "{error}"
+    );
+    assert!(support::sessions_reach(&app, 0, Duration::from_secs(10)).await);
+}

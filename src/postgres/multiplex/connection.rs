@@ -69,16 +69,19 @@ impl MuxConnection {
             .map_err(|_| create_timeout(&shared.target, limit))?
             .map_err(|e| connect_error(&e, &shared.target, &shared.secrets))?;
         let closed = Arc::new(AtomicBool::new(false));
-        let flag = closed.clone();
         live.fetch_add(1, Ordering::AcqRel);
+        let end = TaskEnd {
+            closed: closed.clone(),
+            live,
+            ended,
+        };
         let task = tokio::spawn(async move {
+            // Dropped when the socket closes and also when the task is
+            // aborted (a forced close, a failed `on_connect`).
+            let _end = end;
             if let Err(e) = connection.await {
                 tracing::debug!(target: "dbmanager::postgres", error = %e, "multiplexed connection ended with an error");
             }
-            flag.store(true, Ordering::Release);
-            live.fetch_sub(1, Ordering::AcqRel);
-            ended.notify_waiters();
-            ended.notify_one();
         });
         if let Some(hook) = &shared.hooks.on_connect
             && let Err(e) = hook.call(&client).await
@@ -156,5 +159,24 @@ impl MuxConnection {
             .entry(sql.into())
             .or_insert_with(|| statement.clone());
         Ok(statement)
+    }
+}
+
+/// Marks a connection's task as ended however it ends: the connection is
+/// closed, one fewer task is alive, and the keeper and a drain are told.
+struct TaskEnd {
+    closed: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    ended: Arc<Notify>,
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        // Every current waiter (a drain), and a stored wake-up for the
+        // keeper if it is not waiting right now.
+        self.ended.notify_waiters();
+        self.ended.notify_one();
     }
 }

@@ -364,6 +364,9 @@ async fn connect(manager: &DatabaseManager, policy: &RetryPolicy) -> Result<()> 
             let attempts = with_retry(policy, Backend::Postgres, || pool.connect_once()).await?;
             let warmed = pool.warm_up().await;
             pool.start_maintenance();
+            if manager.config().postgres.multiplex.warm_up {
+                with_retry(policy, Backend::Postgres, || pool.multiplexed().warm_up()).await?;
+            }
             tracing::info!(
                 target: "dbmanager",
                 attempts,

@@ -15,6 +15,29 @@ pub(crate) fn deadline_after(wait: Duration) -> Instant {
     Instant::now() + wait.min(FARTHEST)
 }
 
+/// Waits until `done()` holds, re-checking each time `changed` is
+/// notified, or until `deadline`; returns whether it holds. The
+/// notification is registered before each check, so a change between the
+/// check and the wait is not missed.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) async fn wait_until(
+    changed: &tokio::sync::Notify,
+    deadline: Instant,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return done();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

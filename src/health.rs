@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::pool_status::PoolStatus;
+use crate::pool_status::{MultiplexStatus, PoolStatus};
 
 /// The state of a component or of the whole report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +71,10 @@ pub struct ComponentHealth {
     pub topology: Option<Topology>,
     /// The connection pool.
     pub pool: Option<PoolStatus>,
+    /// PostgreSQL's multiplexed handle, once it has been used (absent
+    /// before, and for MongoDB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplex: Option<MultiplexStatus>,
     /// Mean wait for a pooled connection since the previous probe, in
     /// milliseconds (MongoDB, from the driver's pool events).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +94,7 @@ impl ComponentHealth {
             database: None,
             topology: None,
             pool: None,
+            multiplex: None,
             checkout_wait_ms: None,
             error: None,
         }

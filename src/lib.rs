@@ -30,7 +30,7 @@ pub use config::{Config, ConfigLoader, DatabaseUrl, MongoConfig, PostgresConfig,
 pub use error::{Backend, BoxError, Error, FailureKind, Result};
 pub use health::{ComponentHealth, HealthReport, HealthStatus};
 pub use manager::{DatabaseManager, Phase, ShutdownReport};
-pub use pool_status::PoolStatus;
+pub use pool_status::{MultiplexStatus, PoolStatus};
 pub use retry::RetryPolicy;
 
 #[cfg(feature = "migrate")]
@@ -38,7 +38,7 @@ pub use migrate::{MigrateError, Migrations, Migrator};
 #[cfg(feature = "mongodb")]
 pub use mongo::MongoHandle;
 #[cfg(feature = "postgres")]
-pub use postgres::{Credential, PooledConnection, PostgresPool};
+pub use postgres::{Credential, Multiplexed, PooledConnection, PostgresPool};
 #[cfg(feature = "testing")]
 pub use testing::TestDatabase;
 

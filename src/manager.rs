@@ -324,7 +324,13 @@ impl DatabaseManager {
         #[cfg(feature = "postgres")]
         let postgres = async {
             match &self.inner.postgres {
-                Some(pool) => pool.drain(grace).await.forced,
+                Some(pool) => {
+                    // The pool's checkouts and the multiplexed handle's
+                    // statements share the grace period.
+                    let (pooled, multiplexed) =
+                        tokio::join!(pool.drain(grace), pool.multiplexed().drain(grace));
+                    pooled.forced + multiplexed
+                }
                 None => 0,
             }
         };

@@ -23,10 +23,18 @@
 //! | `dbmanager_connection_hold_seconds` | histogram | seconds | database | time a connection stayed checked out |
 //! | `dbmanager_connect_seconds` | histogram | seconds | database | time to open one connection |
 //! | `dbmanager_health_probe_seconds` | histogram | seconds | database | health probe latency |
+//! | `dbmanager_multiplex_open_connections` | gauge | connections | database | multiplexed connections open |
+//! | `dbmanager_multiplex_in_flight` | gauge | statements | database | statements in flight on multiplexed connections |
+//! | `dbmanager_multiplex_waiting_requests` | gauge | requests | database | callers waiting for room on a multiplexed connection |
+//! | `dbmanager_multiplex_queue_wait_seconds` | histogram | seconds | database | time a multiplexed call waited for room |
+//! | `dbmanager_multiplex_statement_seconds` | histogram | seconds | database | time a multiplexed statement took, from its place claimed to its answer |
 //!
 //! PostgreSQL gauges are sampled on every maintenance tick
 //! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
-//! gauges move with the driver's pool events.
+//! gauges move with the driver's pool events. Multiplexed gauges are sampled
+//! by its keeper task (every quarter of `postgres.multiplex.stall_threshold`,
+//! at most every second) once the handle is in use; its connections count
+//! in `dbmanager_connections_created_total` and `..._closed_total` too.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 // With one database compiled out, some recording points have no caller.
@@ -98,6 +106,16 @@ pub mod names {
     pub const CONNECT_TIME: &str = "dbmanager_connect_seconds";
     /// Histogram: seconds a health probe took.
     pub const PROBE: &str = "dbmanager_health_probe_seconds";
+    /// Gauge: multiplexed connections open.
+    pub const MUX_OPEN: &str = "dbmanager_multiplex_open_connections";
+    /// Gauge: statements in flight on multiplexed connections.
+    pub const MUX_IN_FLIGHT: &str = "dbmanager_multiplex_in_flight";
+    /// Gauge: callers waiting for room on a multiplexed connection.
+    pub const MUX_WAITING: &str = "dbmanager_multiplex_waiting_requests";
+    /// Histogram: seconds a multiplexed call waited for room.
+    pub const MUX_QUEUE_WAIT: &str = "dbmanager_multiplex_queue_wait_seconds";
+    /// Histogram: seconds a multiplexed statement took.
+    pub const MUX_STATEMENT: &str = "dbmanager_multiplex_statement_seconds";
 }
 
 /// Registers descriptions and units of every metric with the installed
@@ -142,6 +160,27 @@ pub fn describe() {
     describe_histogram!(HOLD, Unit::Seconds, "Time a connection stayed checked out");
     describe_histogram!(CONNECT_TIME, Unit::Seconds, "Time to open one connection");
     describe_histogram!(PROBE, Unit::Seconds, "Health probe latency");
+    describe_gauge!(MUX_OPEN, Unit::Count, "Multiplexed connections open");
+    describe_gauge!(
+        MUX_IN_FLIGHT,
+        Unit::Count,
+        "Statements in flight on multiplexed connections"
+    );
+    describe_gauge!(
+        MUX_WAITING,
+        Unit::Count,
+        "Callers waiting for room on a multiplexed connection"
+    );
+    describe_histogram!(
+        MUX_QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a multiplexed call waited for room"
+    );
+    describe_histogram!(
+        MUX_STATEMENT,
+        Unit::Seconds,
+        "Time a multiplexed statement took"
+    );
 }
 
 #[inline]
@@ -224,4 +263,29 @@ pub(crate) fn leak(backend: Backend) {
 pub(crate) fn probe(backend: Backend, latency: Duration) {
     #[cfg(feature = "metrics")]
     metrics::histogram!(names::PROBE, "database" => backend.as_str()).record(latency.as_secs_f64());
+}
+
+#[inline]
+pub(crate) fn multiplex_gauges(status: &crate::pool_status::MultiplexStatus) {
+    #[cfg(feature = "metrics")]
+    {
+        let db = Backend::Postgres.as_str();
+        metrics::gauge!(names::MUX_OPEN, "database" => db).set(status.open as f64);
+        metrics::gauge!(names::MUX_IN_FLIGHT, "database" => db).set(status.in_flight as f64);
+        metrics::gauge!(names::MUX_WAITING, "database" => db).set(status.waiting as f64);
+    }
+}
+
+#[inline]
+pub(crate) fn multiplex_waited(waited: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(names::MUX_QUEUE_WAIT, "database" => Backend::Postgres.as_str())
+        .record(waited.as_secs_f64());
+}
+
+#[inline]
+#[cfg(feature = "metrics")]
+pub(crate) fn multiplex_statement(took: Duration) {
+    metrics::histogram!(names::MUX_STATEMENT, "database" => Backend::Postgres.as_str())
+        .record(took.as_secs_f64());
 }

@@ -31,3 +31,38 @@ impl fmt::Display for PoolStatus {
         )
     }
 }
+
+/// The multiplexed PostgreSQL handle at one moment
+/// (`components.postgres.multiplex` in the health report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct MultiplexStatus {
+    /// Connections it keeps open (`postgres.multiplex.connections`).
+    pub connections: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Statements one connection may have in flight.
+    pub max_in_flight: usize,
+    /// Statements sent and not yet answered, over all connections.
+    pub in_flight: usize,
+    /// Connections receiving no new work because a statement at the head
+    /// of their pipeline has run past `stall_threshold`.
+    pub stalled: usize,
+    /// Callers waiting for room on a connection.
+    pub waiting: usize,
+}
+
+impl fmt::Display for MultiplexStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connections {}, open {}, in_flight {} (at most {} each), stalled {}, waiting {}",
+            self.connections,
+            self.open,
+            self.in_flight,
+            self.max_in_flight,
+            self.stalled,
+            self.waiting
+        )
+    }
+}

@@ -47,6 +47,7 @@
 //! compares the harness with `pgbench`. See docs/benchmarks.md.
 
 mod error;
+mod mode;
 mod mongo;
 mod options;
 mod postgres;
@@ -56,6 +57,7 @@ mod runner;
 mod workload;
 
 pub use error::{BenchError, Result};
+pub use mode::{Mode, ParseModeError};
 pub use options::BenchOptions;
 pub use report::{BenchReport, Percentiles};
 pub use workload::{ParseWorkloadError, Workload};
@@ -87,16 +89,27 @@ pub async fn run(db: &DatabaseManager, options: &BenchOptions) -> Result<BenchRe
 }
 
 async fn run_postgres(db: &DatabaseManager, options: &BenchOptions) -> Result<BenchReport> {
-    let pool_size = db.postgres()?.status().max_size;
+    let pool = db.postgres()?;
+    let pool_size = match options.mode {
+        Mode::Pooled => pool.status().max_size,
+        Mode::Multiplexed => pool.multiplexed().status().connections,
+    };
     let (steps, dataset) = postgres::prepare(db, options).await?;
-    let record = runner::drive(steps, options.warmup, options.duration).await?;
+    let slow = options
+        .slow_statement
+        .map(|sleep| tokio::spawn(postgres::slow_statements(db.clone(), options.mode, sleep)));
+    let record = runner::drive(steps, options.warmup, options.duration).await;
+    if let Some(slow) = slow {
+        slow.abort();
+    }
+    let record = record?;
     Ok(report(
         options,
         Backend::Postgres,
         pool_size,
         dataset,
         &record,
-        true,
+        options.mode == Mode::Pooled,
     ))
 }
 
@@ -162,6 +175,20 @@ pub async fn run_mongo_driver(
     outcome
 }
 
+/// Sets `config` up for a multiplexed benchmark on `connections`
+/// connections: the handle opens them all at build (`warm_up`, as pgbench
+/// connects first) with room for every task ([`BenchOptions::tasks`]
+/// spread evenly), and the pool keeps one connection for the harness's own
+/// set-up queries.
+pub fn configure_multiplexed(config: &mut Config, connections: usize, tasks: usize) {
+    let connections = connections.max(1);
+    let multiplex = &mut config.postgres.multiplex;
+    multiplex.connections = connections;
+    multiplex.warm_up = true;
+    multiplex.max_in_flight = multiplex.max_in_flight.max(tasks.div_ceil(connections));
+    config.postgres.pool.min_idle = config.postgres.pool.min_idle.min(1);
+}
+
 /// Sizes `config`'s pools for a benchmark on `pool_size` connections:
 /// PostgreSQL `max_size` and `min_idle` (so every connection is open
 /// before the run, as pgbench opens its clients' first) and MongoDB
@@ -197,6 +224,8 @@ fn report(
         workload: options.workload,
         backend,
         tasks: options.tasks,
+        mode: options.mode,
+        slow_statement: options.slow_statement,
         pool_size,
         duration: options.duration,
         warmup: options.warmup,

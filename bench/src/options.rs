@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Workload;
+use super::{Mode, Workload};
 
 /// Settings of one benchmark run.
 ///
@@ -22,6 +22,9 @@ use super::Workload;
 pub struct BenchOptions {
     /// What each operation does. Default: `select1`.
     pub workload: Workload,
+    /// How PostgreSQL operations reach the server: a pooled connection or
+    /// the multiplexed handle. Default: `pooled`.
+    pub mode: Mode,
     /// Concurrent tasks, each running operations back to back (pgbench's
     /// `-c`). More tasks than pool connections measures queueing for a
     /// connection. Default: 8.
@@ -41,6 +44,11 @@ pub struct BenchOptions {
     /// How many documents `find-by-id` seeds (`_id` 0 to n-1) and picks
     /// from. Default: 1000.
     pub mongo_documents: u32,
+    /// With a duration, one more task runs `SELECT pg_sleep(<duration>)`
+    /// back to back beside the measured ones, through the same mode, and
+    /// is not measured: the head-of-line case, what a slow statement among
+    /// the load costs the other callers. PostgreSQL only. Default: none.
+    pub slow_statement: Option<Duration>,
     /// Seed of the tasks' random number generators (`aid` and `_id`
     /// choices), so two runs make the same choices. Default: 42.
     pub seed: u64,
@@ -50,12 +58,14 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             workload: Workload::Select1,
+            mode: Mode::Pooled,
             tasks: 8,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             insert_table: "dbmanager_bench_insert".into(),
             mongo_collection: "dbmanager_bench".into(),
             mongo_documents: 1000,
+            slow_statement: None,
             seed: 42,
         }
     }
@@ -82,6 +92,16 @@ impl BenchOptions {
             return Err(crate::BenchError::option(
                 "bench.duration",
                 "must be positive",
+            ));
+        }
+        if self.mode == Mode::Multiplexed && self.workload.backend() != dbmanager::Backend::Postgres
+        {
+            return Err(crate::BenchError::option(
+                "bench.mode",
+                format!(
+                    "`{}` is a MongoDB workload; only PostgreSQL workloads run multiplexed",
+                    self.workload
+                ),
             ));
         }
         if self.workload == Workload::MongoFindById && self.mongo_documents == 0 {

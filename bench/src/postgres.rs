@@ -1,5 +1,6 @@
 //! The PostgreSQL workloads: `select1`, `pgbench-S` and `insert`, each
-//! operation checking a connection out of the manager's pool.
+//! operation checking a connection out of the manager's pool, or sent
+//! through its multiplexed handle.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use dbmanager::tokio_postgres::types::Type;
 
 use crate::error::{BenchError, Result};
 use crate::runner::Step;
-use crate::{BenchOptions, Workload};
+use crate::{BenchOptions, Mode, Workload};
 use dbmanager::DatabaseManager;
 use dbmanager::config::StatementCache;
 
@@ -40,6 +41,7 @@ enum Statement {
 /// One task's PostgreSQL operations.
 pub(crate) struct PgStep {
     db: DatabaseManager,
+    mode: Mode,
     statement: Statement,
     rng: fastrand::Rng,
     task: i32,
@@ -52,6 +54,10 @@ pub(crate) struct PgStep {
 
 impl Step for PgStep {
     async fn step(&mut self) -> Result<Option<Instant>> {
+        if self.mode == Mode::Multiplexed {
+            self.multiplexed().await?;
+            return Ok(None);
+        }
         let client = self.db.postgres()?.get().await?;
         let acquired = Instant::now();
         if !self.cached {
@@ -117,6 +123,55 @@ impl PgStep {
         }
         Ok(())
     }
+
+    /// One operation through the multiplexed handle: the same statements,
+    /// prepared once per connection by the handle.
+    async fn multiplexed(&mut self) -> Result<()> {
+        let mux = self.db.postgres()?.multiplexed();
+        match &self.statement {
+            Statement::Select1 => {
+                mux.query_one("SELECT 1", &[]).await?;
+            }
+            Statement::PgbenchSelect { accounts, bigint } => {
+                let aid = self.rng.i64(1..=*accounts);
+                if *bigint {
+                    mux.query_one(PGBENCH_SELECT, &[&aid]).await?;
+                } else {
+                    let aid = aid as i32;
+                    mux.query_one(PGBENCH_SELECT, &[&aid]).await?;
+                }
+            }
+            Statement::Insert { sql } => {
+                mux.execute(&**sql, &[&self.task, &INSERT_PAYLOAD]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `SELECT pg_sleep(sleep)` back to back until aborted, through
+/// `mode`: the slow statement of the head-of-line measurement. Errors are
+/// ignored (the run measures the other tasks).
+pub(crate) async fn slow_statements(db: DatabaseManager, mode: Mode, sleep: std::time::Duration) {
+    let seconds = sleep.as_secs_f64();
+    loop {
+        let Ok(pool) = db.postgres() else { return };
+        let _ = match mode {
+            Mode::Multiplexed => pool
+                .multiplexed()
+                .execute("SELECT pg_sleep($1)", &[&seconds])
+                .await
+                .map(drop),
+            Mode::Pooled => match pool.get().await {
+                Ok(client) => client
+                    .execute("SELECT pg_sleep($1)", &[&seconds])
+                    .await
+                    .map(drop)
+                    .map_err(dbmanager::Error::from),
+                Err(e) => Err(e),
+            },
+        };
+    }
 }
 
 /// Checks or creates what the workload needs, and makes one step per task.
@@ -162,6 +217,7 @@ pub(crate) async fn prepare(
     let steps = (0..options.tasks)
         .map(|task| PgStep {
             db: db.clone(),
+            mode: options.mode,
             statement: statement.clone(),
             rng: fastrand::Rng::with_seed(options.seed.wrapping_add(task as u64)),
             task: i32::try_from(task).unwrap_or(i32::MAX),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use super::Workload;
 use super::recorder::DurationHistogram;
+use super::{Mode, Workload};
 use dbmanager::Backend;
 
 /// Percentiles of a duration distribution, in microseconds.
@@ -91,7 +91,14 @@ pub struct BenchReport {
     pub backend: Backend,
     /// Concurrent tasks.
     pub tasks: usize,
-    /// The pool's maximum size (PostgreSQL `max_size`, MongoDB
+    /// How PostgreSQL operations ran (`pooled` for MongoDB).
+    pub mode: Mode,
+    /// The `pg_sleep` one unmeasured task ran back to back beside the
+    /// others ([`crate::BenchOptions::slow_statement`]), in seconds.
+    #[serde(rename = "slow_statement_secs", serialize_with = "optional_seconds")]
+    pub slow_statement: Option<Duration>,
+    /// The pool's maximum size (the multiplexed handle's connections in
+    /// `multiplexed` mode) (PostgreSQL `max_size`, MongoDB
     /// `max_pool_size`).
     pub pool_size: usize,
     /// The measured window, after the warm-up.
@@ -125,6 +132,16 @@ fn seconds<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::E
     serializer.serialize_f64(value.as_secs_f64())
 }
 
+fn optional_seconds<S: Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.serialize_f64(value.as_secs_f64()),
+        None => serializer.serialize_none(),
+    }
+}
+
 impl BenchReport {
     /// The report as pretty-printed JSON.
     pub fn to_json(&self) -> String {
@@ -139,9 +156,13 @@ impl fmt::Display for BenchReport {
             write!(f, ", {dataset}")?;
         }
         writeln!(f)?;
+        let on = match self.mode {
+            Mode::Pooled => "a pool of",
+            Mode::Multiplexed => "multiplexed",
+        };
         writeln!(
             f,
-            "tasks         {} on a pool of {} connection{}",
+            "tasks         {} on {on} {} connection{}",
             self.tasks,
             self.pool_size,
             if self.pool_size == 1 { "" } else { "s" }
@@ -157,10 +178,21 @@ impl fmt::Display for BenchReport {
             "operations    {} ({} errors, {} acquire timeouts)",
             self.operations, self.errors, self.acquire_timeouts
         )?;
+        if let Some(sleep) = self.slow_statement {
+            writeln!(
+                f,
+                "slow          one more task runs pg_sleep({:.3}) back to back, unmeasured",
+                sleep.as_secs_f64()
+            )?;
+        }
         writeln!(f, "throughput    {:.1} ops/s", self.throughput)?;
         writeln!(f, "latency       {}", self.latency)?;
         match &self.acquire_wait {
             Some(wait) => writeln!(f, "acquire wait  {wait}")?,
+            None if self.mode == Mode::Multiplexed => writeln!(
+                f,
+                "acquire wait  n/a (no checkout: statements are pipelined)"
+            )?,
             None => writeln!(f, "acquire wait  n/a (the driver checks connections out)")?,
         }
         if let Some(error) = &self.first_error {
@@ -188,6 +220,8 @@ mod tests {
             workload: Workload::PgbenchS,
             backend: Backend::Postgres,
             tasks: 8,
+            mode: Mode::Pooled,
+            slow_statement: None,
             pool_size: 8,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),

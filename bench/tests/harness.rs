@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dbmanager::{Config, DatabaseManager};
 use dbmanager_bench::{
-    self as bench, BenchError, BenchOptions, BenchReport, Percentiles, Workload,
+    self as bench, BenchError, BenchOptions, BenchReport, Mode, Percentiles, Workload,
 };
 use support::{TestDb, pg_config, query_i64, sql, unique_name};
 
@@ -119,6 +119,49 @@ async fn pgbench_s_reads_the_pgbench_dataset_and_names_its_scale() {
         Some("pgbench scale 1: 100000 accounts")
     );
     assert_ordered("acquire wait", report.acquire_wait.as_ref().unwrap());
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_s_runs_multiplexed_also_beside_a_slow_statement() {
+    let database = TestDb::create("bench_mux").await;
+    create_pgbench_dataset(&database.url).await;
+    let mut config = pg_config(&database.url);
+    bench::configure_multiplexed(&mut config, 2, 64);
+    assert_eq!(config.postgres.multiplex.max_in_flight, 64);
+    let db = DatabaseManager::builder()
+        .config(config)
+        .build()
+        .await
+        .expect("manager for the benchmark database");
+    let mut options = options(Workload::PgbenchS, 64);
+    options.mode = Mode::Multiplexed;
+    let report = run_sound(&db, &options).await;
+    assert_eq!((report.mode, report.pool_size), (Mode::Multiplexed, 2));
+    assert!(report.acquire_wait.is_none(), "no checkout to time");
+    assert!(
+        report
+            .to_string()
+            .contains("64 on multiplexed 2 connections"),
+        "{report}"
+    );
+
+    options.slow_statement = Some(Duration::from_millis(300));
+    let report = run_sound(&db, &options).await;
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["mode"], "multiplexed");
+    assert_eq!(json["slow_statement_secs"], 0.3);
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_workload_is_refused_in_multiplexed_mode() {
+    let database = TestDb::create("bench_mux_mongo").await;
+    let db = support::manager(&database.url).await;
+    let mut options = options(Workload::MongoPing, 1);
+    options.mode = Mode::Multiplexed;
+    let error = bench::run(&db, &options).await.unwrap_err();
+    assert!(error.to_string().contains("bench.mode"), "{error}");
     db.shutdown().await.unwrap();
 }
 

@@ -57,7 +57,12 @@ pub struct BenchArgs {
     /// Concurrent tasks.
     #[arg(long, default_value_t = 8)]
     pub tasks: usize,
-    /// Connections in the pool (all opened before the run); default: the configuration's.
+    /// pooled (check a connection out per operation) or multiplexed
+    /// (pipeline statements over shared connections; PostgreSQL only).
+    #[arg(long, default_value = "pooled")]
+    pub mode: dbmanager_bench::Mode,
+    /// Connections in the pool, or of the multiplexed handle with
+    /// --mode multiplexed (all opened before the run); default: the configuration's.
     #[arg(long)]
     pub pool_size: Option<usize>,
     /// How long to measure ("10s", "1m").
@@ -66,6 +71,10 @@ pub struct BenchArgs {
     /// How long to run before measuring.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// One more task runs `SELECT pg_sleep(<this>)` back to back, unmeasured:
+    /// what a slow statement among the load costs the others ("1s").
+    #[arg(long, value_parser = parse_duration)]
+    pub slow_statement: Option<Duration>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

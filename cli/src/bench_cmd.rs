@@ -4,15 +4,22 @@
 use std::process::ExitCode;
 
 use dbmanager::{Config, DatabaseManager};
-use dbmanager_bench::{self as bench, BenchOptions};
+use dbmanager_bench::{self as bench, BenchOptions, Mode};
 
 use crate::args::BenchArgs;
 
 pub async fn run(mut config: Config, args: BenchArgs) -> bench::Result<ExitCode> {
-    if let Some(pool_size) = args.pool_size {
-        bench::configure_pools(&mut config, pool_size);
+    match (args.mode, args.pool_size) {
+        (Mode::Pooled, Some(pool_size)) => bench::configure_pools(&mut config, pool_size),
+        (Mode::Multiplexed, connections) => {
+            let connections = connections.unwrap_or(config.postgres.multiplex.connections);
+            bench::configure_multiplexed(&mut config, connections, args.tasks);
+        }
+        (Mode::Pooled, None) => {}
     }
     let mut options = BenchOptions::new(args.workload);
+    options.mode = args.mode;
+    options.slow_statement = args.slow_statement;
     options.tasks = args.tasks;
     options.duration = args.duration;
     options.warmup = args.warmup;

@@ -223,6 +223,58 @@ class Report:
         self.targets.append(("MongoDB ping manager / driver ≥ 0.98", fmt_ratio(ratio), ok))
         self.console.append(f"MongoDB ping manager / driver: {fmt_ratio(ratio)}")
 
+    def multiplex(self):
+        self.out("### Multiplexed mode vs pgbench and the pooled path")
+        self.out()
+        self.out(
+            f"pgbench's select-only statement (scale {self.meta['scale']}), {self.meta['duration']} s each, "
+            "alternating in every round: `pgbench -S -M prepared -c 16 -j 2`; the harness's pgbench-S through "
+            "`db.postgres()?.multiplexed()` with 256 tasks on 16 and on 4 connections (`--mode multiplexed`); "
+            "the pooled path with 16 and 256 tasks on 16 connections. Ratios are medians of per-round ratios to "
+            "pgbench. Latency in µs, medians over the rounds; pgbench's from its per-transaction log (5 % sample)."
+        )
+        self.out()
+        self.out("| client | connections | tasks | ops/s (median) | per round | / pgbench | latency p50 | p99 | p99.9 |")
+        self.out("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+        pgbench = pick(self.rows, "multiplex", "pgbench")
+        for series, label, tasks, pool in (
+            ("pgbench", "pgbench -S -M prepared", 16, 16),
+            ("mux-16", "multiplexed", 256, 16),
+            ("mux-4", "multiplexed", 256, 4),
+            ("pooled-16", "pooled", 16, 16),
+            ("pooled-256", "pooled", 256, 16),
+        ):
+            runs = pick(self.rows, "multiplex", series)
+            ratio = None if series == "pgbench" else median(paired_ratios(runs, pgbench))
+            lat = lambda key: median([(r["extra"] or {}).get("latency", {}).get(key) if (r["extra"] or {}).get("latency") else None for r in runs])
+            self.out(
+                f"| {label} | {pool} | {tasks} | {fmt(median([r['value'] for r in runs]))} | {rounds_text(runs)} "
+                f"| {fmt_ratio(ratio)} | {fmt(lat('p50_us'), 1)} | {fmt(lat('p99_us'), 1)} | {fmt(lat('p999_us'), 1)} |"
+            )
+            if series in ("mux-16", "mux-4"):
+                target = 1.4 if series == "mux-16" else 1.2
+                ok = None if ratio is None else ratio >= target
+                self.targets.append((f"multiplexed, 256 tasks on {pool} connections ≥ {target} × pgbench -S at 16", fmt_ratio(ratio), ok))
+                self.console.append(f"multiplexed 256 tasks on {pool} / pgbench 16: {fmt_ratio(ratio)}")
+        self.out()
+        self.out(
+            "Head of line: the same pgbench-S load with one more task running `SELECT pg_sleep(1)` back to back "
+            "through the same path (unmeasured). Multiplexed: 256 tasks on 4 connections; pooled: 256 tasks on 16."
+        )
+        self.out()
+        self.out("| path | ops/s (median) | latency p50 | p99 | p99.9 | max | without the sleep: p99 |")
+        self.out("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for series, plain, label in (("hol-mux-4", "mux-4", "multiplexed, 4 connections"), ("hol-pooled-256", "pooled-256", "pooled, 16 connections")):
+            runs = pick(self.rows, "multiplex", series)
+            base = pick(self.rows, "multiplex", plain)
+            lat = lambda rows, key: median([r["extra"]["latency"][key] for r in rows])
+            self.out(
+                f"| {label} | {fmt(median([r['value'] for r in runs]))} | {fmt(lat(runs, 'p50_us'), 1)} | {fmt(lat(runs, 'p99_us'), 1)} "
+                f"| {fmt(lat(runs, 'p999_us'), 1)} | {fmt(lat(runs, 'max_us'), 1)} | {fmt(lat(base, 'p99_us'), 1)} |"
+            )
+            self.console.append(f"head of line, {label}: p99 {fmt(lat(runs, 'p99_us'), 1)} µs (without: {fmt(lat(base, 'p99_us'), 1)} µs)")
+        self.out()
+
     def chart(self, path):
         import matplotlib
 
@@ -234,6 +286,7 @@ class Report:
             ("pgbench", "pgbench -S -M prepared (clients = connections)", "s--"),
             ("tokio-postgres", "bare tokio-postgres (one client per task)", "^:"),
             ("harness", "dbmanager bench pgbench-S (pool = min(tasks, 16))", "o-"),
+            ("multiplexed", "dbmanager bench pgbench-S --mode multiplexed (4 connections)", "D-"),
         ):
             runs = sorted(pick(self.rows, "sweep", series), key=lambda r: r["tasks"])
             if runs:
@@ -316,6 +369,9 @@ class Report:
         self.out("pgbench -i -s 10 \"$DATABASE_URL\"")
         self.out("cargo run --release -p dbmanager-cli --bin dbmanager -- bench --workload pgbench-S --tasks 16 --pool-size 16 --duration 10s --json")
         self.out("pgbench -n -S -M prepared -c 16 -j 2 -T 10 \"$DATABASE_URL\"")
+        self.out("cargo run --release -p dbmanager-cli --bin dbmanager -- bench --workload pgbench-S --mode multiplexed --tasks 256 --pool-size 4 --duration 10s --json")
+        self.out("cargo run --release -p dbmanager-cli --bin dbmanager -- bench --workload pgbench-S --mode multiplexed --tasks 256 --pool-size 4 --slow-statement 1s --json")
+        self.out("scripts/bench --only multiplex --rounds 3 --duration 8s   # the multiplexed comparison alone")
         self.out("cargo bench -p dbmanager-bench --bench pools")
         self.out("DATABASE_URL=... cargo run --release -p dbmanager-bench --example tokio_postgres_bench -- --tasks 16 --duration 10s")
         self.out("MONGODB_URL=... cargo run --release -p dbmanager-bench --example mongo_driver_bench -- --workload ping --tasks 8 --pool-size 8 --duration 10s")
@@ -336,11 +392,15 @@ def main():
     with open(args.meta) as f:
         meta = json.load(f)
     report = Report(rows, meta)
-    report.pgbench()
-    report.saturation()
-    report.criterion()
-    report.mongo()
-    report.sweep_table()
+    if not meta.get("only"):
+        report.pgbench()
+        report.saturation()
+        report.criterion()
+        report.mongo()
+    if meta.get("only") in (None, "", "multiplex"):
+        report.multiplex()
+    if not meta.get("only"):
+        report.sweep_table()
     report.chart(args.chart)
     generated = report.document(os.path.relpath(args.chart, os.path.dirname(os.path.abspath(args.report))))
 

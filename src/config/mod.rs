@@ -22,6 +22,7 @@
 mod loader;
 mod migrations;
 mod mongo;
+mod multiplex;
 mod postgres;
 mod secret;
 pub(crate) mod url;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use loader::{ConfigLoader, Setting};
 pub use migrations::{BootstrapConfig, MigrationsConfig};
 pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};
+pub use multiplex::PostgresMultiplexConfig;
 pub use postgres::{
     PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod, StatementCache,
 };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::multiplex::PostgresMultiplexConfig;
 use super::secret::DatabaseUrl;
 #[cfg(feature = "postgres")]
 use super::secret::scrub;
@@ -73,6 +74,8 @@ pub struct PostgresConfig {
     pub statement_cache: StatementCache,
     /// Connection pool settings.
     pub pool: PostgresPoolConfig,
+    /// Multiplexed mode settings (`db.postgres()?.multiplexed()`).
+    pub multiplex: PostgresMultiplexConfig,
 }
 
 impl Default for PostgresConfig {
@@ -91,6 +94,7 @@ impl Default for PostgresConfig {
             tcp_user_timeout: Some(Duration::from_secs(30)),
             statement_cache: StatementCache::Named,
             pool: PostgresPoolConfig::default(),
+            multiplex: PostgresMultiplexConfig::default(),
         }
     }
 }
@@ -280,6 +284,7 @@ impl PostgresConfig {
         }
         positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
         self.pool.check(p);
+        self.multiplex.check(p);
     }
 }
 

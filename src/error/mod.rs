@@ -240,6 +240,19 @@ pub enum Error {
         reason: BoxError,
     },
 
+    /// A statement that needs a session (a transaction, `SET`, `LISTEN`, a
+    /// temporary table, a cursor, a session advisory lock, ...) was given to
+    /// the multiplexed handle, whose connections are shared by every caller
+    /// and keep no session for anyone. Run it on a pooled connection
+    /// (`db.postgres()?.get()`).
+    #[error(
+        "`{statement}` needs a session, which the multiplexed handle does not keep (its connections are shared by all callers): run it on a pooled connection from `db.postgres()?.get()`"
+    )]
+    SessionRequired {
+        /// What was recognised (`BEGIN`, `SET`, `CREATE TEMP TABLE`, ...).
+        statement: &'static str,
+    },
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {

@@ -8,6 +8,7 @@ mod connection;
 mod credentials;
 mod hooks;
 mod maintenance;
+mod multiplex;
 mod open;
 mod pool;
 mod probe;
@@ -29,6 +30,7 @@ pub use deadpool_postgres::ClientWrapper;
 /// query method works, plus `prepare_cached`.
 pub use deadpool_postgres::Transaction;
 pub use hooks::{Hook, HookFuture};
+pub use multiplex::{MultiplexSql, Multiplexed, MultiplexedStatement};
 pub use pool::{PoolStats, PostgresPool};
 pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;

@@ -29,6 +29,8 @@ pub struct PostgresPool {
     pool: Pool<PgManager>,
     shared: Arc<Shared>,
     maintenance: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Statements pipelined over connections of its own (multiplex/).
+    pub(super) multiplexed: super::multiplex::Multiplexed,
 }
 
 /// Counters of a pool's life since it was built.
@@ -132,6 +134,11 @@ impl PostgresPool {
             secrets,
             require_writable,
         ));
+        let multiplexed = super::multiplex::Multiplexed::new(
+            config.multiplex.clone(),
+            driver.clone(),
+            shared.clone(),
+        );
         let pool = Pool::builder(PgManager::new(driver, shared.clone()))
             .max_size(max_size)
             .timeouts(timeouts)
@@ -143,6 +150,7 @@ impl PostgresPool {
             pool,
             shared,
             maintenance: Arc::new(Mutex::new(None)),
+            multiplexed,
         })
     }
 

@@ -53,6 +53,8 @@ impl PostgresPool {
             }
         }
         health.pool = Some(self.status());
+        let multiplexed = self.multiplexed();
+        health.multiplex = multiplexed.is_started().then(|| multiplexed.status());
         super::maintenance::record_gauges(&self.status());
         health
     }

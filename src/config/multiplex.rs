@@ -1,0 +1,109 @@
+//! Settings of the multiplexed PostgreSQL handle (`[postgres.multiplex]`):
+//! a few connections shared by many callers, each pipelining statements.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Problems, pool_size, positive, positive_opt};
+
+/// The most statements one multiplexed connection may have in flight: far
+/// above any useful pipeline depth, low enough that a typo (`640000`)
+/// cannot make callers queue without bound.
+const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Multiplexed mode settings (`[postgres.multiplex]`), used by
+/// `db.postgres()?.multiplexed()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PostgresMultiplexConfig {
+    /// Connections the multiplexed handle opens and shares among all its
+    /// callers. They are its own, apart from the pool's. Default: 4 (four
+    /// pipelined connections outrun sixteen pooled ones; see
+    /// docs/benchmarks.md).
+    pub connections: usize,
+    /// Statements one connection may have in flight (sent, not yet
+    /// answered). Callers beyond `connections * max_in_flight` wait:
+    /// back-pressure instead of an unbounded queue. Default: 64.
+    pub max_in_flight: usize,
+    /// How long a caller waits for room on a connection before
+    /// [`crate::Error::PoolTimeout`]. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// A connection that has had statements in flight and answered none of
+    /// them for this long (a slow statement at the head of its pipeline)
+    /// receives no new work until it answers again. Default: 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
+    /// Connections older than this (less up to 2.5 % jitter) are replaced:
+    /// new work goes to a fresh connection and the old one closes once its
+    /// statements are answered. Default: 30 min.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    /// Whether an eager `build()` opens the connections (with the start-up
+    /// retry), proving them before it returns. Otherwise they open on the
+    /// first call to the handle, so a service that never uses it pays
+    /// nothing. Default: `false`.
+    pub warm_up: bool,
+}
+
+impl Default for PostgresMultiplexConfig {
+    fn default() -> Self {
+        PostgresMultiplexConfig {
+            connections: 4,
+            max_in_flight: 64,
+            wait_timeout: Duration::from_secs(30),
+            stall_threshold: Duration::from_millis(100),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            warm_up: false,
+        }
+    }
+}
+
+impl PostgresMultiplexConfig {
+    pub(super) fn check(&self, p: &mut Problems) {
+        if self.connections == 0 {
+            p.push("postgres.multiplex.connections", "must be at least 1");
+        }
+        pool_size("postgres.multiplex.connections", self.connections, p);
+        if self.max_in_flight == 0 {
+            p.push("postgres.multiplex.max_in_flight", "must be at least 1");
+        }
+        if self.max_in_flight > MAX_IN_FLIGHT {
+            p.push(
+                "postgres.multiplex.max_in_flight",
+                format!("must be at most {MAX_IN_FLIGHT}"),
+            );
+        }
+        positive("postgres.multiplex.wait_timeout", self.wait_timeout, p);
+        positive(
+            "postgres.multiplex.stall_threshold",
+            self.stall_threshold,
+            p,
+        );
+        positive_opt("postgres.multiplex.max_lifetime", self.max_lifetime, p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_connections_or_in_flight_are_refused_naming_the_key() {
+        let config = PostgresMultiplexConfig {
+            connections: 0,
+            max_in_flight: 0,
+            ..PostgresMultiplexConfig::default()
+        };
+        let mut problems = Problems::default();
+        config.check(&mut problems);
+        let error = problems.into_result().unwrap_err().to_string();
+        assert!(error.contains("postgres.multiplex.connections"), "{error}");
+        assert!(
+            error.contains("postgres.multiplex.max_in_flight"),
+            "{error}"
+        );
+    }
+}

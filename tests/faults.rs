@@ -26,6 +26,13 @@ async fn pg_through_proxy(prefix: &str) -> (TestDb, FaultProxy, dbmanager::Datab
     (db, proxy, manager)
 }
 
+/// A checkout and `SELECT 1` that must succeed.
+async fn select_one(pool: &dbmanager::PostgresPool) {
+    let client = pool.get().await.expect("a connection");
+    let row = client.query_one("SELECT 1", &[]).await.expect("SELECT 1");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_connections_fail_their_callers_transiently_and_are_replaced() {
     let (_db, proxy, manager) = pg_through_proxy("reset").await;
@@ -58,16 +65,7 @@ async fn reset_connections_fail_their_callers_transiently_and_are_replaced() {
     }
     drop(held);
     // The same pool serves again, on new connections.
-    let client = pool.get().await.expect("a new connection");
-    assert_eq!(
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
-    drop(client);
+    select_one(pool).await;
     manager.shutdown().await.unwrap();
 }
 
@@ -157,16 +155,7 @@ async fn latency_slows_but_does_not_break_and_stalled_handshakes_stay_bounded() 
     let (_db, proxy, manager) = pg_through_proxy("latency").await;
     let pool = manager.postgres().unwrap();
     proxy.set_latency(Duration::from_millis(50));
-    let client = pool.get().await.unwrap();
-    assert_eq!(
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
-    drop(client);
+    select_one(pool).await;
     proxy.set_latency(Duration::ZERO);
     // Hold every connection, then stall new ones: a caller who needs one
     // more gets `PoolTimeout` within its wait.

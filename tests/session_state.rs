@@ -33,16 +33,17 @@ fn one_connection(url: &str, method: RecyclingMethod) -> Config {
     config
 }
 
-/// Statements of this manager's sessions still running on the server.
-async fn active(config: &Config, pattern: &str) -> i64 {
-    query_i64(
-        &admin_url(),
-        &format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' \
-             AND state = 'active' AND query LIKE '{pattern}'",
-            config.postgres.application_name
-        ),
-    )
+/// Whether, within 5 s, exactly `count` statements of this manager's
+/// sessions matching `pattern` are running on the server.
+async fn active_reaches(config: &Config, pattern: &str, count: i64) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' \
+         AND state = 'active' AND query LIKE '{pattern}'",
+        config.postgres.application_name
+    );
+    eventually(Duration::from_secs(5), async || {
+        query_i64(&admin_url(), &sql).await == count
+    })
     .await
 }
 
@@ -81,13 +82,7 @@ async fn an_abandoned_statement_is_cancelled_and_never_delays_the_next_caller() 
 
         assert_eq!(serves_next_caller(&manager).await, 7, "{method:?}");
         assert!(
-            eventually(Duration::from_secs(5), async || active(
-                &config,
-                "%pg_sleep%"
-            )
-            .await
-                == 0)
-            .await,
+            active_reaches(&config, "%pg_sleep%", 0).await,
             "{method:?}: the abandoned statement still runs on the server"
         );
         let stats = pool.stats();
@@ -119,26 +114,14 @@ async fn a_task_aborted_mid_query_leaves_nothing_running() {
     });
     started.notified().await;
     assert!(
-        eventually(Duration::from_secs(5), async || active(
-            &config,
-            "%pg_sleep%"
-        )
-        .await
-            == 1)
-        .await,
+        active_reaches(&config, "%pg_sleep%", 1).await,
         "the statement reached the server"
     );
     task.abort();
     let _ = task.await;
     assert_eq!(serves_next_caller(&manager).await, 7);
     assert!(
-        eventually(Duration::from_secs(5), async || active(
-            &config,
-            "%pg_sleep%"
-        )
-        .await
-            == 0)
-        .await,
+        active_reaches(&config, "%pg_sleep%", 0).await,
         "the aborted task's statement still runs"
     );
     manager.shutdown().await.unwrap();

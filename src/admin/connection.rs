@@ -12,7 +12,7 @@ use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
-use crate::postgres::{Driver, connect_error, create_timeout, driver_config};
+use crate::postgres::{Driver, attempt_timeout, connect_error, create_timeout, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -49,11 +49,10 @@ pub(crate) struct Server {
     driver: Driver,
     parsed: ConnectionString,
     secrets: Vec<String>,
-    /// The bound on one connection attempt, handshake included: the pool's
-    /// (`2 × postgres.pool.connect_timeout`). tokio-postgres' own connect
-    /// timeout covers only the TCP connect, so a server (or a proxy in
-    /// front of a dead one) that accepts and then says nothing would hold
-    /// the caller forever.
+    /// The bound on one connection attempt, handshake included (the pool's,
+    /// [`attempt_timeout`]): a server, or a proxy in front of a dead one,
+    /// that accepts and then says nothing would otherwise hold the caller
+    /// forever.
     attempt_timeout: Duration,
 }
 
@@ -70,7 +69,7 @@ impl Server {
             driver,
             parsed,
             secrets: url.password().into_iter().collect(),
-            attempt_timeout: config.pool.connect_timeout.saturating_mul(2),
+            attempt_timeout: attempt_timeout(config.pool.connect_timeout),
         })
     }
 

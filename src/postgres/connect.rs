@@ -156,6 +156,14 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
     })
 }
 
+/// The bound on one whole connection attempt, handshake included, for a
+/// connect timeout: tokio-postgres' own timeout covers only the TCP
+/// connect. The pool, its multiplexed connections and the direct
+/// connections outside it all use this one bound.
+pub(crate) fn attempt_timeout(connect_timeout: Duration) -> Duration {
+    connect_timeout.saturating_mul(2)
+}
+
 /// A failed connection attempt as [`Error::Connect`] (one attempt; the
 /// retry loop fills in the totals).
 pub(crate) fn connect_error(

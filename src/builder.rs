@@ -215,6 +215,9 @@ impl DatabaseManagerBuilder {
         #[cfg(feature = "postgres")]
         if let Some(pool) = &manager.inner().postgres {
             pool.start_maintenance();
+            if let Some(replicas) = pool.replica_set() {
+                replicas.start();
+            }
         }
         Ok(manager)
     }
@@ -364,6 +367,12 @@ async fn connect(manager: &DatabaseManager, policy: &RetryPolicy) -> Result<()> 
             let attempts = with_retry(policy, Backend::Postgres, || pool.connect_once()).await?;
             let warmed = pool.warm_up().await;
             pool.start_maintenance();
+            // Replicas are optional: their first check and warm-up are
+            // bounded, and one that is down delays nothing beyond that.
+            if let Some(replicas) = pool.replica_set() {
+                replicas.warm_up().await;
+                replicas.start();
+            }
             if manager.config().postgres.multiplex.warm_up {
                 with_retry(policy, Backend::Postgres, || pool.multiplexed().warm_up()).await?;
             }
@@ -426,7 +435,7 @@ where
             attempts.fetch_add(1, Ordering::Relaxed);
             attempt()
         },
-        |_, _, _| crate::metrics::connect_retry(backend),
+        |_, _, _| crate::metrics::connect_retry(crate::metrics::PoolLabel::main(backend)),
     )
     .await;
     let attempts = attempts.load(Ordering::Relaxed);

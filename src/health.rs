@@ -71,6 +71,9 @@ pub struct ComponentHealth {
     pub topology: Option<Topology>,
     /// The connection pool.
     pub pool: Option<PoolStatus>,
+    /// PostgreSQL's read replicas (absent when none is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaHealth>>,
     /// PostgreSQL's multiplexed handle, once it has been used (absent
     /// before, and for MongoDB).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,8 +97,62 @@ impl ComponentHealth {
             database: None,
             topology: None,
             pool: None,
+            replicas: None,
             multiplex: None,
             checkout_wait_ms: None,
+            error: None,
+        }
+    }
+}
+
+/// One read replica (`components.postgres.replicas[]`), as its last check
+/// (every `postgres.replicas.check_interval`) found it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ReplicaHealth {
+    /// Its name, as in the metrics' `pool` label: `replica-1`, ...
+    pub name: &'static str,
+    /// Where it connects, without credentials (`user@host:port/db`).
+    pub target: String,
+    /// `up`: takes checkouts; `degraded`: answers but is further behind
+    /// than `max_lag`, its lag is unknown, or it is not in recovery (a
+    /// primary); `down`: does not answer.
+    pub status: HealthStatus,
+    /// Whether `replica().get()` hands out its connections now.
+    pub routable: bool,
+    /// Replay lag in milliseconds; 0 when it has replayed all the WAL it
+    /// received and its WAL receiver is connected.
+    pub lag_ms: Option<f64>,
+    /// WAL bytes its replay is behind the primary's position (absent when
+    /// the primary did not answer).
+    pub lag_bytes: Option<u64>,
+    /// Whether it is a standby (`pg_is_in_recovery()`); `false` after a
+    /// promotion.
+    pub in_recovery: Option<bool>,
+    /// How long its check took, in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// How long ago it was checked, in milliseconds.
+    pub checked_ms_ago: Option<f64>,
+    /// Its connection pool.
+    pub pool: PoolStatus,
+    /// Why it is not routable, without secrets.
+    pub error: Option<String>,
+}
+
+impl ReplicaHealth {
+    /// A replica known only by name: down until its check says otherwise.
+    pub(crate) fn new(name: &'static str, target: &str, pool: PoolStatus) -> Self {
+        ReplicaHealth {
+            name,
+            target: target.to_string(),
+            status: HealthStatus::Down,
+            routable: false,
+            lag_ms: None,
+            lag_bytes: None,
+            in_recovery: None,
+            latency_ms: None,
+            checked_ms_ago: None,
+            pool,
             error: None,
         }
     }

@@ -28,7 +28,7 @@ pub mod testing;
 pub use builder::DatabaseManagerBuilder;
 pub use config::{Config, ConfigLoader, DatabaseUrl, MongoConfig, PostgresConfig, Secret};
 pub use error::{Backend, BoxError, Error, FailureKind, Result};
-pub use health::{ComponentHealth, HealthReport, HealthStatus};
+pub use health::{ComponentHealth, HealthReport, HealthStatus, ReplicaHealth};
 pub use manager::{DatabaseManager, Phase, ShutdownReport};
 pub use pool_status::{MultiplexStatus, PoolStatus};
 pub use retry::RetryPolicy;

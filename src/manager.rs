@@ -285,6 +285,16 @@ impl DatabaseManager {
             components.insert(Backend::Mongodb.as_str().to_string(), c);
         }
         let mut report = HealthReport::from_components(components);
+        // A read replica down or lagging leaves the service working (reads
+        // go elsewhere, per `postgres.replicas.fallback`) but not whole.
+        let replica_trouble = report
+            .components
+            .values()
+            .flat_map(|c| c.replicas.iter().flatten())
+            .any(|r| r.status != HealthStatus::Up);
+        if replica_trouble && report.status == HealthStatus::Up {
+            report.status = HealthStatus::Degraded;
+        }
         if matches!(self.phase(), Phase::Draining | Phase::Closed) {
             report.status = HealthStatus::Down;
         }
@@ -325,11 +335,18 @@ impl DatabaseManager {
         let postgres = async {
             match &self.inner.postgres {
                 Some(pool) => {
-                    // The pool's checkouts and the multiplexed handle's
-                    // statements share the grace period.
-                    let (pooled, multiplexed) =
-                        tokio::join!(pool.drain(grace), pool.multiplexed().drain(grace));
-                    pooled.forced + multiplexed
+                    // The pool's checkouts, the replicas' and the
+                    // multiplexed handle's statements share the grace
+                    // period.
+                    let replicas = async {
+                        match pool.replica_set() {
+                            Some(set) => set.drain(grace).await,
+                            None => 0,
+                        }
+                    };
+                    let (pooled, replicas, multiplexed) =
+                        tokio::join!(pool.drain(grace), replicas, pool.multiplexed().drain(grace));
+                    pooled.forced + replicas + multiplexed
                 }
                 None => 0,
             }

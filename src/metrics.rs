@@ -2,32 +2,39 @@
 //! facade (feature `metrics`).
 //!
 //! Any exporter works: install a recorder (Prometheus, StatsD, ...) in the
-//! application and these metrics appear. Every metric has the label
-//! `database` (`postgres` or `mongodb`). Without the feature every function
-//! here compiles to nothing.
+//! application and these metrics appear. Every metric has the labels
+//! `database` (`postgres` or `mongodb`) and `pool`, which names the pool so
+//! that two pools never share a series: `primary` (the PostgreSQL pool),
+//! `replica-1`, `replica-2`, ... (read replicas, in configuration order),
+//! `multiplex` (the multiplexed handle's connections), `direct` (connections
+//! outside every pool: bootstrap, test databases, the command line) and
+//! `mongodb`. Without the feature every function here compiles to nothing.
 //!
 //! | name | type | unit | labels | meaning |
 //! | --- | --- | --- | --- | --- |
-//! | `dbmanager_pool_max_connections` | gauge | connections | database | pool's maximum size |
-//! | `dbmanager_pool_open_connections` | gauge | connections | database | open now (idle + in use) |
-//! | `dbmanager_pool_idle_connections` | gauge | connections | database | idle in the pool |
-//! | `dbmanager_pool_in_use_connections` | gauge | connections | database | checked out |
-//! | `dbmanager_pool_waiting_requests` | gauge | requests | database | callers waiting for a connection |
-//! | `dbmanager_connections_created_total` | counter | connections | database | connections opened |
-//! | `dbmanager_connections_closed_total` | counter | connections | database, reason | connections closed, by `reason`: `lifetime`, `idle`, `broken`, `excess`, `hook`, `discarded`, `abandoned`, `shutdown` |
-//! | `dbmanager_acquire_timeouts_total` | counter | errors | database | `get()` calls that timed out |
-//! | `dbmanager_connect_errors_total` | counter | errors | database, kind | failed connection attempts, by [`crate::FailureKind`] |
-//! | `dbmanager_connect_retries_total` | counter | attempts | database | start-up connect retries |
-//! | `dbmanager_connection_leaks_total` | counter | connections | database | connections held past `leak_detection_threshold` |
-//! | `dbmanager_acquire_wait_seconds` | histogram | seconds | database | time `get()` waited |
-//! | `dbmanager_connection_hold_seconds` | histogram | seconds | database | time a connection stayed checked out |
-//! | `dbmanager_connect_seconds` | histogram | seconds | database | time to open one connection |
-//! | `dbmanager_health_probe_seconds` | histogram | seconds | database | health probe latency |
-//! | `dbmanager_multiplex_open_connections` | gauge | connections | database | multiplexed connections open |
-//! | `dbmanager_multiplex_in_flight` | gauge | statements | database | statements in flight on multiplexed connections |
-//! | `dbmanager_multiplex_waiting_requests` | gauge | requests | database | callers waiting for room on a multiplexed connection |
-//! | `dbmanager_multiplex_queue_wait_seconds` | histogram | seconds | database | time a multiplexed call waited for room |
-//! | `dbmanager_multiplex_statement_seconds` | histogram | seconds | database | time a multiplexed statement took, from its place claimed to its answer |
+//! | `dbmanager_pool_max_connections` | gauge | connections | database, pool | pool's maximum size |
+//! | `dbmanager_pool_open_connections` | gauge | connections | database, pool | open now (idle + in use) |
+//! | `dbmanager_pool_idle_connections` | gauge | connections | database, pool | idle in the pool |
+//! | `dbmanager_pool_in_use_connections` | gauge | connections | database, pool | checked out |
+//! | `dbmanager_pool_waiting_requests` | gauge | requests | database, pool | callers waiting for a connection |
+//! | `dbmanager_connections_created_total` | counter | connections | database, pool | connections opened |
+//! | `dbmanager_connections_closed_total` | counter | connections | database, pool, reason | connections closed, by `reason`: `lifetime`, `idle`, `broken`, `excess`, `hook`, `discarded`, `abandoned`, `shutdown` |
+//! | `dbmanager_acquire_timeouts_total` | counter | errors | database, pool | `get()` calls that timed out |
+//! | `dbmanager_connect_errors_total` | counter | errors | database, pool, kind | failed connection attempts, by [`crate::FailureKind`] |
+//! | `dbmanager_connect_retries_total` | counter | attempts | database, pool | start-up connect retries |
+//! | `dbmanager_connection_leaks_total` | counter | connections | database, pool | connections held past `leak_detection_threshold` |
+//! | `dbmanager_acquire_wait_seconds` | histogram | seconds | database, pool | time `get()` waited |
+//! | `dbmanager_connection_hold_seconds` | histogram | seconds | database, pool | time a connection stayed checked out |
+//! | `dbmanager_connect_seconds` | histogram | seconds | database, pool | time to open one connection |
+//! | `dbmanager_health_probe_seconds` | histogram | seconds | database, pool | health probe latency |
+//! | `dbmanager_multiplex_open_connections` | gauge | connections | database, pool | multiplexed connections open |
+//! | `dbmanager_multiplex_in_flight` | gauge | statements | database, pool | statements in flight on multiplexed connections |
+//! | `dbmanager_multiplex_waiting_requests` | gauge | requests | database, pool | callers waiting for room on a multiplexed connection |
+//! | `dbmanager_multiplex_queue_wait_seconds` | histogram | seconds | database, pool | time a multiplexed call waited for room |
+//! | `dbmanager_multiplex_statement_seconds` | histogram | seconds | database, pool | time a multiplexed statement took, from its place claimed to its answer |
+//! | `dbmanager_replica_lag_seconds` | gauge | seconds | database, pool | a read replica's replay lag at its last check (absent until known) |
+//! | `dbmanager_replica_lag_bytes` | gauge | bytes | database, pool | WAL bytes its replay is behind the primary (when the primary answered) |
+//! | `dbmanager_replica_routable` | gauge | 0 or 1 | database, pool | whether it takes checkouts: up and within `max_lag` |
 //!
 //! PostgreSQL gauges are sampled on every maintenance tick
 //! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
@@ -44,6 +51,64 @@ use std::time::Duration;
 
 use crate::error::{Backend, FailureKind};
 use crate::pool_status::PoolStatus;
+
+/// Which pool a metric is about: the `database` and `pool` labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolLabel {
+    pub backend: Backend,
+    pub pool: &'static str,
+}
+
+impl PoolLabel {
+    /// The PostgreSQL pool of `postgres.url`.
+    pub const PRIMARY: PoolLabel = PoolLabel::postgres("primary");
+    /// The connections of the multiplexed PostgreSQL handle.
+    pub const MULTIPLEX: PoolLabel = PoolLabel::postgres("multiplex");
+    /// PostgreSQL connections outside every pool (bootstrap, test
+    /// databases, the command line's admin commands).
+    pub const DIRECT: PoolLabel = PoolLabel::postgres("direct");
+    /// The MongoDB driver's pool.
+    pub const MONGODB: PoolLabel = PoolLabel {
+        backend: Backend::Mongodb,
+        pool: "mongodb",
+    };
+
+    const fn postgres(pool: &'static str) -> PoolLabel {
+        PoolLabel {
+            backend: Backend::Postgres,
+            pool,
+        }
+    }
+
+    /// The `n`th read replica (from 1), `replica-n`.
+    pub fn replica(n: usize) -> PoolLabel {
+        PoolLabel::postgres(interned(format!("replica-{n}")))
+    }
+
+    /// The pool start-up connects for `backend`.
+    pub fn main(backend: Backend) -> PoolLabel {
+        match backend {
+            Backend::Postgres => PoolLabel::PRIMARY,
+            Backend::Mongodb => PoolLabel::MONGODB,
+        }
+    }
+}
+
+/// `name` as a `&'static str`, leaked once per distinct name: labels are
+/// copied into every recording, and there are only as many names as
+/// configured replicas.
+fn interned(name: String) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
 
 /// Why a connection was closed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +181,13 @@ pub mod names {
     pub const MUX_QUEUE_WAIT: &str = "dbmanager_multiplex_queue_wait_seconds";
     /// Histogram: seconds a multiplexed statement took.
     pub const MUX_STATEMENT: &str = "dbmanager_multiplex_statement_seconds";
+    /// Gauge: a read replica's replay lag at its last check.
+    pub const REPLICA_LAG: &str = "dbmanager_replica_lag_seconds";
+    /// Gauge: WAL bytes a read replica's replay is behind the primary.
+    pub const REPLICA_LAG_BYTES: &str = "dbmanager_replica_lag_bytes";
+    /// Gauge: 1 while a read replica takes checkouts, 0 while it is down
+    /// or lagging.
+    pub const REPLICA_ROUTABLE: &str = "dbmanager_replica_routable";
 }
 
 /// Registers descriptions and units of every metric with the installed
@@ -181,88 +253,114 @@ pub fn describe() {
         Unit::Seconds,
         "Time a multiplexed statement took"
     );
+    describe_gauge!(REPLICA_LAG, Unit::Seconds, "Read replica replay lag");
+    describe_gauge!(
+        REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "WAL bytes a read replica's replay is behind the primary"
+    );
+    describe_gauge!(
+        REPLICA_ROUTABLE,
+        Unit::Count,
+        "Whether a read replica takes checkouts (1) or not (0)"
+    );
 }
 
 #[inline]
-pub(crate) fn pool_gauges(backend: Backend, status: &PoolStatus) {
+pub(crate) fn pool_gauges(label: PoolLabel, status: &PoolStatus) {
     #[cfg(feature = "metrics")]
     {
-        let db = backend.as_str();
-        metrics::gauge!(names::POOL_MAX, "database" => db).set(status.max_size as f64);
-        metrics::gauge!(names::POOL_OPEN, "database" => db).set(status.open as f64);
-        metrics::gauge!(names::POOL_IDLE, "database" => db).set(status.idle as f64);
-        metrics::gauge!(names::POOL_IN_USE, "database" => db).set(status.in_use as f64);
-        metrics::gauge!(names::POOL_WAITING, "database" => db).set(status.waiting as f64);
+        let (db, pool) = (label.backend.as_str(), label.pool);
+        metrics::gauge!(names::POOL_MAX, "database" => db, "pool" => pool)
+            .set(status.max_size as f64);
+        metrics::gauge!(names::POOL_OPEN, "database" => db, "pool" => pool).set(status.open as f64);
+        metrics::gauge!(names::POOL_IDLE, "database" => db, "pool" => pool).set(status.idle as f64);
+        metrics::gauge!(names::POOL_IN_USE, "database" => db, "pool" => pool)
+            .set(status.in_use as f64);
+        metrics::gauge!(names::POOL_WAITING, "database" => db, "pool" => pool)
+            .set(status.waiting as f64);
     }
 }
 
 #[inline]
-pub(crate) fn connection_created(backend: Backend, took: Option<Duration>) {
+pub(crate) fn connection_created(label: PoolLabel, took: Option<Duration>) {
     #[cfg(feature = "metrics")]
     {
-        let db = backend.as_str();
-        metrics::counter!(names::CREATED, "database" => db).increment(1);
+        let (db, pool) = (label.backend.as_str(), label.pool);
+        metrics::counter!(names::CREATED, "database" => db, "pool" => pool).increment(1);
         if let Some(took) = took {
-            metrics::histogram!(names::CONNECT_TIME, "database" => db).record(took.as_secs_f64());
+            metrics::histogram!(names::CONNECT_TIME, "database" => db, "pool" => pool)
+                .record(took.as_secs_f64());
         }
     }
 }
 
 #[inline]
-pub(crate) fn connections_closed(backend: Backend, reason: CloseReason, count: u64) {
+pub(crate) fn connections_closed(label: PoolLabel, reason: CloseReason, count: u64) {
     #[cfg(feature = "metrics")]
     if count > 0 {
-        metrics::counter!(names::CLOSED, "database" => backend.as_str(), "reason" => reason.as_str())
+        metrics::counter!(names::CLOSED, "database" => label.backend.as_str(), "pool" => label.pool, "reason" => reason.as_str())
             .increment(count);
     }
 }
 
 #[inline]
-pub(crate) fn acquired(backend: Backend, waited: Duration) {
+pub(crate) fn acquired(label: PoolLabel, waited: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::ACQUIRE_WAIT, "database" => backend.as_str())
+    metrics::histogram!(names::ACQUIRE_WAIT, "database" => label.backend.as_str(), "pool" => label.pool)
         .record(waited.as_secs_f64());
 }
 
 #[inline]
-pub(crate) fn acquire_timeout(backend: Backend) {
+pub(crate) fn acquire_timeout(label: PoolLabel) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::ACQUIRE_TIMEOUTS, "database" => backend.as_str()).increment(1);
+    metrics::counter!(names::ACQUIRE_TIMEOUTS, "database" => label.backend.as_str(), "pool" => label.pool).increment(1);
 }
 
 /// A connection checked out at `since` came back at `now`. Takes the two
 /// instants, not the hold time, so that without the feature not even the
 /// subtraction is paid on every return.
 #[inline]
-pub(crate) fn released(backend: Backend, since: std::time::Instant, now: std::time::Instant) {
+pub(crate) fn released(label: PoolLabel, since: std::time::Instant, now: std::time::Instant) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::HOLD, "database" => backend.as_str())
+    metrics::histogram!(names::HOLD, "database" => label.backend.as_str(), "pool" => label.pool)
         .record(now.saturating_duration_since(since).as_secs_f64());
 }
 
 #[inline]
-pub(crate) fn connect_error(backend: Backend, kind: FailureKind) {
+pub(crate) fn connect_error(label: PoolLabel, kind: FailureKind) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::CONNECT_ERRORS, "database" => backend.as_str(), "kind" => kind.as_str())
+    metrics::counter!(names::CONNECT_ERRORS, "database" => label.backend.as_str(), "pool" => label.pool, "kind" => kind.as_str())
+        .increment(1);
+}
+
+/// A connection attempt that failed as [`crate::Error::Connect`]; other
+/// errors (a failed hook, a password provider's error) are not connect
+/// failures and are not counted.
+pub(crate) fn connect_failed(label: PoolLabel, error: &crate::Error) {
+    if let crate::Error::Connect { kind, .. } = error {
+        connect_error(label, *kind);
+    }
+}
+
+#[inline]
+pub(crate) fn connect_retry(label: PoolLabel) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::CONNECT_RETRIES, "database" => label.backend.as_str(), "pool" => label.pool).increment(1);
+}
+
+#[inline]
+pub(crate) fn leak(label: PoolLabel) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::LEAKS, "database" => label.backend.as_str(), "pool" => label.pool)
         .increment(1);
 }
 
 #[inline]
-pub(crate) fn connect_retry(backend: Backend) {
+pub(crate) fn probe(label: PoolLabel, latency: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::CONNECT_RETRIES, "database" => backend.as_str()).increment(1);
-}
-
-#[inline]
-pub(crate) fn leak(backend: Backend) {
-    #[cfg(feature = "metrics")]
-    metrics::counter!(names::LEAKS, "database" => backend.as_str()).increment(1);
-}
-
-#[inline]
-pub(crate) fn probe(backend: Backend, latency: Duration) {
-    #[cfg(feature = "metrics")]
-    metrics::histogram!(names::PROBE, "database" => backend.as_str()).record(latency.as_secs_f64());
+    metrics::histogram!(names::PROBE, "database" => label.backend.as_str(), "pool" => label.pool)
+        .record(latency.as_secs_f64());
 }
 
 #[inline]
@@ -270,22 +368,49 @@ pub(crate) fn multiplex_gauges(status: &crate::pool_status::MultiplexStatus) {
     #[cfg(feature = "metrics")]
     {
         let db = Backend::Postgres.as_str();
-        metrics::gauge!(names::MUX_OPEN, "database" => db).set(status.open as f64);
-        metrics::gauge!(names::MUX_IN_FLIGHT, "database" => db).set(status.in_flight as f64);
-        metrics::gauge!(names::MUX_WAITING, "database" => db).set(status.waiting as f64);
+        metrics::gauge!(names::MUX_OPEN, "database" => db, "pool" => PoolLabel::MULTIPLEX.pool)
+            .set(status.open as f64);
+        metrics::gauge!(names::MUX_IN_FLIGHT, "database" => db, "pool" => PoolLabel::MULTIPLEX.pool).set(status.in_flight as f64);
+        metrics::gauge!(names::MUX_WAITING, "database" => db, "pool" => PoolLabel::MULTIPLEX.pool)
+            .set(status.waiting as f64);
     }
 }
 
 #[inline]
 pub(crate) fn multiplex_waited(waited: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::MUX_QUEUE_WAIT, "database" => Backend::Postgres.as_str())
+    metrics::histogram!(names::MUX_QUEUE_WAIT, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::MULTIPLEX.pool)
         .record(waited.as_secs_f64());
 }
 
 #[inline]
 #[cfg(feature = "metrics")]
 pub(crate) fn multiplex_statement(took: Duration) {
-    metrics::histogram!(names::MUX_STATEMENT, "database" => Backend::Postgres.as_str())
+    metrics::histogram!(names::MUX_STATEMENT, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::MULTIPLEX.pool)
         .record(took.as_secs_f64());
+}
+
+/// A read replica's last check: whether it takes checkouts, and its lag
+/// when known.
+#[inline]
+pub(crate) fn replica_state(
+    label: PoolLabel,
+    routable: bool,
+    lag: Option<Duration>,
+    bytes_behind: Option<u64>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let (db, pool) = (label.backend.as_str(), label.pool);
+        metrics::gauge!(names::REPLICA_ROUTABLE, "database" => db, "pool" => pool)
+            .set(if routable { 1.0 } else { 0.0 });
+        if let Some(lag) = lag {
+            metrics::gauge!(names::REPLICA_LAG, "database" => db, "pool" => pool)
+                .set(lag.as_secs_f64());
+        }
+        if let Some(bytes) = bytes_behind {
+            metrics::gauge!(names::REPLICA_LAG_BYTES, "database" => db, "pool" => pool)
+                .set(bytes as f64);
+        }
+    }
 }

@@ -10,6 +10,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct PoolStatus {
+    /// The pool's name, as in the metrics' `pool` label: `primary`,
+    /// `replica-1`, ..., `multiplex` or `mongodb`.
+    pub name: &'static str,
     /// The most connections the pool will open.
     pub max_size: usize,
     /// Connections open now (idle + in use).
@@ -26,8 +29,8 @@ impl fmt::Display for PoolStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "max_size {}, open {}, idle {}, in_use {}, waiting {}",
-            self.max_size, self.open, self.idle, self.in_use, self.waiting
+            "{}: max_size {}, open {}, idle {}, in_use {}, waiting {}",
+            self.name, self.max_size, self.open, self.idle, self.in_use, self.waiting
         )
     }
 }

@@ -7,67 +7,8 @@ use std::time::Duration;
 
 use dbmanager::metrics::names;
 use dbmanager::{Config, DatabaseUrl, Error, RetryPolicy};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use support::{TestDb, pg_config};
-
-/// A metric's name, its labels, and its value.
-type Entry = (String, Vec<(String, String)>, DebugValue);
-
-/// Deltas since the previous snapshot (the recorder resets on read).
-struct Reading(Vec<Entry>);
-
-impl Reading {
-    fn take(snapshotter: &Snapshotter) -> Reading {
-        Reading(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(key, _, _, value)| {
-                    let labels = key
-                        .key()
-                        .labels()
-                        .map(|l| (l.key().to_string(), l.value().to_string()))
-                        .collect();
-                    (key.key().name().to_string(), labels, value)
-                })
-                .collect(),
-        )
-    }
-
-    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(n, l, _)| {
-                n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.find(name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> usize {
-        match self.find(name, labels) {
-            Some(DebugValue::Histogram(values)) => values.len(),
-            _ => 0,
-        }
-    }
-
-    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        match self.find(name, labels) {
-            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
-            _ => None,
-        }
-    }
-}
+use metrics_util::debugging::DebuggingRecorder;
+use support::{Reading, TestDb, pg_config};
 
 const PG: (&str, &str) = ("database", "postgres");
 const MONGO: (&str, &str) = ("database", "mongodb");

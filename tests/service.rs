@@ -147,8 +147,11 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
     assert!(
         support::eventually(Duration::from_secs(10), async || {
             let (_, metrics) = http(addr, "GET", "/metrics", None).await;
-            metrics.contains("dbmanager_pool_open_connections{database=\"postgres\"}")
-                && metrics.contains("dbmanager_pool_open_connections{database=\"mongodb\"}")
+            metrics
+                .contains("dbmanager_pool_open_connections{database=\"postgres\",pool=\"primary\"}")
+                && metrics.contains(
+                    "dbmanager_pool_open_connections{database=\"mongodb\",pool=\"mongodb\"}",
+                )
                 && metrics.contains("dbmanager_acquire_wait_seconds")
         })
         .await,

@@ -12,6 +12,7 @@ use crate::config::url::ConnectionString;
 use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
+use crate::metrics::PoolLabel;
 use crate::postgres::{Driver, attempt_timeout, connect_error, create_timeout, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
@@ -108,8 +109,9 @@ impl Server {
         let attempt = tokio::time::timeout(self.attempt_timeout, self.driver.connect(&config));
         let (client, connection) = attempt
             .await
-            .map_err(|_| create_timeout(&target, self.attempt_timeout))?
-            .map_err(|e| connect_error(&e, &target, &self.secrets))?;
+            .map_err(|_| create_timeout(&target, self.attempt_timeout))
+            .and_then(|connected| connected.map_err(|e| connect_error(&e, &target, &self.secrets)))
+            .inspect_err(|e| crate::metrics::connect_failed(PoolLabel::DIRECT, e))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -24,6 +24,7 @@ mod migrations;
 mod mongo;
 mod multiplex;
 mod postgres;
+mod replicas;
 mod secret;
 pub(crate) mod url;
 
@@ -38,6 +39,7 @@ pub use multiplex::PostgresMultiplexConfig;
 pub use postgres::{
     PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod, StatementCache,
 };
+pub use replicas::{PostgresReplicasConfig, ReplicaFallback};
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_url};
 
 #[cfg(feature = "migrate")]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::multiplex::PostgresMultiplexConfig;
+use super::replicas::PostgresReplicasConfig;
 use super::secret::DatabaseUrl;
 #[cfg(feature = "postgres")]
 use super::secret::scrub;
@@ -76,6 +77,8 @@ pub struct PostgresConfig {
     pub pool: PostgresPoolConfig,
     /// Multiplexed mode settings (`db.postgres()?.multiplexed()`).
     pub multiplex: PostgresMultiplexConfig,
+    /// Read replicas (`db.postgres()?.replica()`).
+    pub replicas: PostgresReplicasConfig,
 }
 
 impl Default for PostgresConfig {
@@ -95,6 +98,7 @@ impl Default for PostgresConfig {
             statement_cache: StatementCache::Named,
             pool: PostgresPoolConfig::default(),
             multiplex: PostgresMultiplexConfig::default(),
+            replicas: PostgresReplicasConfig::default(),
         }
     }
 }
@@ -285,6 +289,7 @@ impl PostgresConfig {
         positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
         self.pool.check(p);
         self.multiplex.check(p);
+        self.replicas.check(self.url.as_ref(), p);
     }
 }
 
@@ -343,7 +348,7 @@ impl PostgresPoolConfig {
     }
 }
 
-fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
+pub(super) fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
     let parsed = match ConnectionString::parse(url.expose()) {
         Ok(parsed) => parsed,
         Err(problem) => {

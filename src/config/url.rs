@@ -135,6 +135,33 @@ impl ConnectionString {
         }
     }
 
+    /// The connection string with one host in place of its host list (and
+    /// its `hostaddr`): `port` when given, else the default port.
+    pub fn with_host(&self, host: &str, port: Option<u16>) -> ConnectionString {
+        match self.clone() {
+            ConnectionString::Url(mut u) => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.to_string()
+                };
+                u.hosts = match port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                };
+                u.query
+                    .retain(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port"));
+                ConnectionString::Url(u)
+            }
+            ConnectionString::KeyValue(mut pairs) => {
+                pairs.retain(|(k, _)| k != "hostaddr");
+                set_pair(&mut pairs, "host", Some(host.to_string()));
+                set_pair(&mut pairs, "port", port.map(|p| p.to_string()));
+                ConnectionString::KeyValue(pairs)
+            }
+        }
+    }
+
     /// The string again without these parameters (URL query parameters or
     /// key/value pairs).
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
@@ -421,6 +448,26 @@ fn lookup(pairs: &[(String, String)], key: &str) -> Option<String> {
         .rev()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.clone())
+}
+
+/// Sets `key` in place (first occurrence, others removed), appends it when
+/// absent, or removes it for `None`.
+fn set_pair(pairs: &mut Vec<(String, String)>, key: &str, value: Option<String>) {
+    let first = pairs.iter().position(|(k, _)| k == key);
+    let mut index = 0;
+    pairs.retain(|(k, _)| {
+        let keep = k != key || Some(index) == first;
+        index += 1;
+        keep
+    });
+    match (first, value) {
+        (Some(i), Some(value)) => pairs[i].1 = value,
+        (Some(i), None) => {
+            pairs.remove(i);
+        }
+        (None, Some(value)) => pairs.push((key.to_string(), value)),
+        (None, None) => {}
+    }
 }
 
 fn render_key_value(pairs: &[(String, String)], redact: bool) -> String {

@@ -112,7 +112,7 @@ pub enum Error {
     /// `status` is the pool at the moment of the timeout: `in_use == max_size`
     /// with many `waiting` says the pool is too small or connections leak;
     /// `open < max_size` says new connections could not be opened.
-    #[error("timed out after {waited:?} waiting for a {backend} connection (pool: {status})")]
+    #[error("timed out after {waited:?} waiting for a {backend} connection (pool {status})")]
     PoolTimeout {
         /// The database.
         backend: Backend,
@@ -253,6 +253,17 @@ pub enum Error {
         statement: &'static str,
     },
 
+    /// `db.postgres()?.replica()` found no read replica that can serve
+    /// (each is down or further behind than `postgres.replicas.max_lag`, or
+    /// none is configured) and `postgres.replicas.fallback` is `error`.
+    /// Transient: a replica that catches up or comes back serves again.
+    #[error("no read replica can serve: {reason}")]
+    NoReplica {
+        /// Each replica's state, without secrets (`replica-1 (app@r1:5432/app):
+        /// 14.2 s behind`).
+        reason: String,
+    },
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {
@@ -305,7 +316,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { kind, .. } => kind.is_transient(),
-            Error::PoolTimeout { .. } | Error::Timeout { .. } => true,
+            Error::PoolTimeout { .. } | Error::Timeout { .. } | Error::NoReplica { .. } => true,
             // A token service that hiccuped answers the next attempt.
             Error::CredentialProvider { .. } => true,
             #[cfg(feature = "postgres")]

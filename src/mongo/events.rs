@@ -10,8 +10,7 @@ use mongodb::event::EventHandler;
 use mongodb::event::cmap::{CmapEvent, ConnectionCheckoutFailedReason, ConnectionClosedReason};
 use tokio::sync::Notify;
 
-use crate::error::Backend;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, PoolLabel};
 
 /// Counters fed by the event handler.
 #[derive(Debug, Default)]
@@ -59,7 +58,7 @@ impl PoolEvents {
             .expect("checked-out set lock")
             .remove(&(address, id));
         if let Some(since) = since {
-            metrics::released(Backend::Mongodb, since, Instant::now());
+            metrics::released(PoolLabel::MONGODB, since, Instant::now());
         }
         since.is_some()
     }
@@ -83,7 +82,7 @@ impl PoolEvents {
                 self.created.fetch_add(1, Ordering::Relaxed);
             }
             CmapEvent::ConnectionReady(e) => {
-                metrics::connection_created(Backend::Mongodb, Some(e.duration))
+                metrics::connection_created(PoolLabel::MONGODB, Some(e.duration))
             }
             CmapEvent::ConnectionClosed(e) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -94,7 +93,7 @@ impl PoolEvents {
                     ConnectionClosedReason::PoolClosed => CloseReason::Shutdown,
                     _ => CloseReason::Broken,
                 };
-                metrics::connections_closed(Backend::Mongodb, reason, 1);
+                metrics::connections_closed(PoolLabel::MONGODB, reason, 1);
                 self.changed.notify_waiters();
             }
             CmapEvent::ConnectionCheckoutStarted(_) => {
@@ -105,7 +104,7 @@ impl PoolEvents {
                 self.checkout_failures.fetch_add(1, Ordering::Relaxed);
                 if e.reason == ConnectionCheckoutFailedReason::Timeout {
                     self.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
-                    metrics::acquire_timeout(Backend::Mongodb);
+                    metrics::acquire_timeout(PoolLabel::MONGODB);
                 }
             }
             CmapEvent::ConnectionCheckedOut(e) => {
@@ -138,7 +137,7 @@ impl PoolEvents {
             .clear();
         if left > 0 {
             self.closed.fetch_add(left as u64, Ordering::Relaxed);
-            metrics::connections_closed(Backend::Mongodb, CloseReason::Shutdown, left as u64);
+            metrics::connections_closed(PoolLabel::MONGODB, CloseReason::Shutdown, left as u64);
         }
         self.changed.notify_waiters();
         left
@@ -151,7 +150,7 @@ impl PoolEvents {
         self.checkout_wait_max_us.fetch_max(us, Ordering::Relaxed);
         self.recent_wait_us.fetch_add(us, Ordering::Relaxed);
         self.recent_checkouts.fetch_add(1, Ordering::Relaxed);
-        metrics::acquired(Backend::Mongodb, wait);
+        metrics::acquired(PoolLabel::MONGODB, wait);
     }
 }
 
@@ -162,7 +161,7 @@ pub(crate) fn handler(events: Arc<PoolEvents>, max_size: usize) -> EventHandler<
         // Computing the status takes a lock: only when there are gauges to
         // set (the driver sends three events per operation).
         #[cfg(feature = "metrics")]
-        metrics::pool_gauges(Backend::Mongodb, &status(&events, max_size));
+        metrics::pool_gauges(PoolLabel::MONGODB, &status(&events, max_size));
         #[cfg(not(feature = "metrics"))]
         let _ = max_size;
     })
@@ -172,6 +171,7 @@ pub(crate) fn status(events: &PoolEvents, max_size: usize) -> crate::pool_status
     let open = events.open();
     let in_use = events.in_use().min(open);
     crate::pool_status::PoolStatus {
+        name: PoolLabel::MONGODB.pool,
         max_size,
         open,
         idle: open - in_use,

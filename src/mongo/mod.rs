@@ -22,6 +22,7 @@ pub use transaction::TransactionOptions;
 use crate::config::{MongoConfig, scrub, url::ConnectionString};
 use crate::error::classify_mongo;
 use crate::error::{Backend, Error, Result};
+use crate::metrics::PoolLabel;
 use crate::pool_status::PoolStatus;
 use events::PoolEvents;
 
@@ -226,7 +227,7 @@ impl MongoHandle {
 
     pub(crate) fn connect_error(&self, error: &mongodb::error::Error, elapsed: Duration) -> Error {
         let kind = classify_mongo(error);
-        crate::metrics::connect_error(Backend::Mongodb, kind);
+        crate::metrics::connect_error(PoolLabel::MONGODB, kind);
         let code = match error.kind.as_ref() {
             mongodb::error::ErrorKind::Command(c) => Some(c.code.to_string()),
             _ => None,

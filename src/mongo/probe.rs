@@ -6,9 +6,9 @@ use mongodb::bson::{Document, doc};
 
 use super::MongoHandle;
 use crate::config::scrub;
-use crate::error::{Backend, Error};
+use crate::error::Error;
 use crate::health::{ComponentHealth, HealthStatus, Topology};
-use crate::metrics;
+use crate::metrics::{self, PoolLabel};
 
 impl MongoHandle {
     /// Pings, then asks `hello` and `buildInfo`, all within `timeout`. The
@@ -44,7 +44,7 @@ impl MongoHandle {
         .await;
         match outcome {
             Ok(Ok((latency, hello, build))) => {
-                metrics::probe(Backend::Mongodb, latency);
+                metrics::probe(PoolLabel::MONGODB, latency);
                 health.status = HealthStatus::Up;
                 health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
                 health.server_version = build.get_str("version").ok().map(str::to_string);

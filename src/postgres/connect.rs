@@ -172,7 +172,6 @@ pub(crate) fn connect_error(
     secrets: &[String],
 ) -> Error {
     let kind = classify_postgres(error);
-    crate::metrics::connect_error(Backend::Postgres, kind);
     Error::Connect {
         backend: Backend::Postgres,
         target: target.to_string(),
@@ -186,7 +185,6 @@ pub(crate) fn connect_error(
 
 /// A connect that did not finish within the pool's create timeout.
 pub(crate) fn create_timeout(target: &str, after: Duration) -> Error {
-    crate::metrics::connect_error(Backend::Postgres, FailureKind::Timeout);
     Error::Connect {
         backend: Backend::Postgres,
         target: target.to_string(),

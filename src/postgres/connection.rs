@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 use super::recycler::{PgConnection, PgManager};
 use super::shared::Shared;
 use crate::config::StatementCache;
-use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
 /// A pooled PostgreSQL connection.
@@ -101,7 +100,7 @@ impl PooledConnection {
     /// time of return.
     fn finish(&mut self) -> Instant {
         let now = Instant::now();
-        metrics::released(Backend::Postgres, self.checked_out_at, now);
+        metrics::released(self.shared().label, self.checked_out_at, now);
         if let Some(watch) = self.leak_watch.take() {
             watch.finish(now.saturating_duration_since(self.checked_out_at));
         }
@@ -123,7 +122,7 @@ impl LeakWatch {
             tokio::time::sleep(threshold).await;
             flag.store(true, Ordering::Release);
             shared.counters.leaks.fetch_add(1, Ordering::Relaxed);
-            metrics::leak(Backend::Postgres);
+            metrics::leak(shared.label);
             tracing::warn!(
                 target: "dbmanager::postgres",
                 acquired_at = %caller,

@@ -13,8 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::recycler::{PgManager, idle_for};
 use super::shared::Shared;
-use crate::error::Backend;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, PoolLabel};
 
 /// Closes idle connections that are broken, past their lifetime, or idle
 /// past `idle_timeout` while more than `min_idle` are idle. Connections in
@@ -124,8 +123,8 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
 }
 
 /// Samples the pool into the gauges.
-pub(crate) fn record_gauges(status: &crate::pool_status::PoolStatus) {
-    metrics::pool_gauges(Backend::Postgres, status);
+pub(crate) fn record_gauges(label: PoolLabel, status: &crate::pool_status::PoolStatus) {
+    metrics::pool_gauges(label, status);
 }
 
 /// Starts the maintenance task. It holds the pool weakly, so a pool dropped
@@ -141,7 +140,7 @@ pub(crate) fn spawn(pool: WeakPool<PgManager>, shared: Arc<Shared>) -> JoinHandl
             let Some(pool) = pool.upgrade() else { break };
             reap(&pool, &shared);
             fill(&pool, &shared, shared.settings.min_idle).await;
-            record_gauges(&super::pool::status_of(&pool, &shared));
+            record_gauges(shared.label, &super::pool::status_of(&pool, &shared));
         }
     })
 }

@@ -13,6 +13,7 @@ mod open;
 mod pool;
 mod probe;
 mod recycler;
+mod replicas;
 mod shared;
 mod statements;
 #[cfg(feature = "tls")]
@@ -32,6 +33,7 @@ pub use deadpool_postgres::Transaction;
 pub use hooks::{Hook, HookFuture};
 pub use multiplex::{MultiplexSql, Multiplexed, MultiplexedStatement};
 pub use pool::{PoolStats, PostgresPool};
+pub use replicas::ReadReplicas;
 pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;
 

@@ -256,7 +256,6 @@ async fn open_at(
             _ => None,
         };
         if let Some(refusal) = refusal {
-            crate::metrics::connect_error(Backend::Postgres, FailureKind::Unavailable);
             return Err(Error::Connect {
                 backend: Backend::Postgres,
                 target: target.to_string(),
@@ -344,7 +343,6 @@ async fn transport(
 /// A socket that could not be opened, as [`Error::Connect`].
 fn io_error(error: &io::Error, target: &str) -> Error {
     let kind = classify_io(error);
-    crate::metrics::connect_error(Backend::Postgres, kind);
     Error::Connect {
         backend: Backend::Postgres,
         target: target.to_string(),

@@ -15,10 +15,11 @@ use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
 use super::recycler::{Checked, PgManager, check_out, idle_for};
-use super::shared::Shared;
-use crate::config::{PostgresConfig, QueueMode, url::ConnectionString};
+use super::replicas::{ReadReplicas, ReplicaSet};
+use super::shared::{Endpoint, Shared};
+use crate::config::{PostgresConfig, QueueMode, ReplicaFallback, url::ConnectionString};
 use crate::error::{Backend, Error, Result};
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, PoolLabel};
 use crate::pool_status::PoolStatus;
 
 /// The PostgreSQL connection pool of a [`crate::DatabaseManager`].
@@ -31,6 +32,11 @@ pub struct PostgresPool {
     maintenance: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Statements pipelined over connections of its own (multiplex/).
     pub(super) multiplexed: super::multiplex::Multiplexed,
+    /// The read replicas of `[postgres.replicas]`, if any (none on a
+    /// replica's own pool).
+    replicas: Option<Arc<ReplicaSet>>,
+    /// `postgres.replicas.fallback`.
+    replica_fallback: ReplicaFallback,
 }
 
 /// Counters of a pool's life since it was built.
@@ -80,6 +86,7 @@ pub(crate) fn status_of(pool: &Pool<PgManager>, shared: &Shared) -> PoolStatus {
     let status = pool.status();
     let in_use = shared.checked_out.load(Ordering::Acquire).min(status.size);
     PoolStatus {
+        name: shared.label.pool,
         max_size: shared.settings.max_size,
         open: status.size,
         idle: status.size - in_use,
@@ -89,7 +96,17 @@ pub(crate) fn status_of(pool: &Pool<PgManager>, shared: &Shared) -> PoolStatus {
 }
 
 impl PostgresPool {
+    /// The pool of `postgres.url`, with a pool per read replica.
     pub(crate) fn new(config: &PostgresConfig, hooks: Hooks) -> Result<Self> {
+        let mut primary = Self::single(config, hooks.clone(), PoolLabel::PRIMARY)?;
+        // The set keeps a handle of the primary without the set, so that
+        // neither keeps the other alive.
+        primary.replicas = ReplicaSet::new(config, &hooks, primary.clone())?;
+        Ok(primary)
+    }
+
+    /// One pool of `config.url`, named `label` in metrics and health.
+    pub(super) fn single(config: &PostgresConfig, hooks: Hooks, label: PoolLabel) -> Result<Self> {
         let url = config.url.as_ref().ok_or(Error::NotConfigured {
             backend: Backend::Postgres,
             hint: "DATABASE_URL, the POSTGRES_* variables or postgres.url",
@@ -125,14 +142,18 @@ impl PostgresPool {
         let max_size = settings.max_size;
         let require_writable = driver.config.get_target_session_attrs()
             == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
-        let shared = Arc::new(Shared::new(
-            settings,
-            config.statement_cache,
-            hooks,
+        let endpoint = Endpoint {
+            label,
             target,
             database,
             secrets,
             require_writable,
+        };
+        let shared = Arc::new(Shared::new(
+            endpoint,
+            settings,
+            config.statement_cache,
+            hooks,
         ));
         let multiplexed = super::multiplex::Multiplexed::new(
             config.multiplex.clone(),
@@ -151,7 +172,33 @@ impl PostgresPool {
             shared,
             maintenance: Arc::new(Mutex::new(None)),
             multiplexed,
+            replicas: None,
+            replica_fallback: config.replicas.fallback,
         })
+    }
+
+    /// Checkouts from the read replicas of `[postgres.replicas]`:
+    /// `db.postgres()?.replica().get().await`. See [`ReadReplicas`].
+    pub fn replica(&self) -> ReadReplicas<'_> {
+        ReadReplicas::new(self, self.replicas.as_ref())
+    }
+
+    /// The read replicas, when configured.
+    pub(crate) fn replica_set(&self) -> Option<&Arc<ReplicaSet>> {
+        self.replicas.as_ref()
+    }
+
+    pub(super) fn replica_fallback(&self) -> ReplicaFallback {
+        self.replica_fallback
+    }
+
+    pub(super) fn wait_timeout(&self) -> Duration {
+        self.shared.settings.wait_timeout
+    }
+
+    /// The pool's name in metrics and health.
+    pub(super) fn label(&self) -> PoolLabel {
+        self.shared.label
     }
 
     /// Checks out a connection, waiting up to `postgres.pool.wait_timeout`.
@@ -184,7 +231,7 @@ impl PostgresPool {
         self.acquire(caller, Some(wait))
     }
 
-    async fn acquire(
+    pub(super) async fn acquire(
         &self,
         caller: &'static Location<'static>,
         wait: Option<Duration>,
@@ -283,7 +330,7 @@ impl PostgresPool {
         let waited = started.map_or(Duration::ZERO, |s| {
             checked_out_at.saturating_duration_since(s)
         });
-        metrics::acquired(Backend::Postgres, waited);
+        metrics::acquired(shared.label, waited);
         if shared
             .settings
             .slow_acquire_threshold
@@ -401,7 +448,7 @@ impl PostgresPool {
                     .counters
                     .acquire_timeouts
                     .fetch_add(1, Ordering::Relaxed);
-                metrics::acquire_timeout(Backend::Postgres);
+                metrics::acquire_timeout(self.shared.label);
                 tracing::warn!(target: "dbmanager::postgres", pool = %status, "timed out waiting for a connection");
                 Error::PoolTimeout {
                     backend: Backend::Postgres,
@@ -409,10 +456,14 @@ impl PostgresPool {
                     status,
                 }
             }
-            PoolError::Timeout(TimeoutType::Create) => create_timeout(
-                &self.shared.target,
-                self.pool.timeouts().create.unwrap_or_default(),
-            ),
+            PoolError::Timeout(TimeoutType::Create) => {
+                let error = create_timeout(
+                    &self.shared.target,
+                    self.pool.timeouts().create.unwrap_or_default(),
+                );
+                metrics::connect_failed(self.shared.label, &error);
+                error
+            }
             PoolError::Timeout(TimeoutType::Recycle) => Error::Timeout {
                 what: "checking a pooled connection",
                 after: self.shared.settings.recycle_timeout,
@@ -567,7 +618,7 @@ impl PostgresPool {
                 break;
             }
         }
-        maintenance::record_gauges(&self.status());
+        maintenance::record_gauges(shared.label, &self.status());
         Drain { forced }
     }
 }
@@ -577,6 +628,7 @@ impl std::fmt::Debug for PostgresPool {
         f.debug_struct("PostgresPool")
             .field("target", &self.shared.target)
             .field("status", &self.status())
+            .field("replicas", &self.replica())
             .finish()
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::pool::PostgresPool;
 use super::statements::first_row_text;
 use crate::config::scrub;
-use crate::error::{Backend, Error};
+use crate::error::Error;
 use crate::health::{ComponentHealth, HealthStatus};
 use crate::metrics;
 
@@ -36,7 +36,7 @@ impl PostgresPool {
         })
         .await;
         let latency = started.elapsed();
-        metrics::probe(Backend::Postgres, latency);
+        metrics::probe(self.label(), latency);
         match outcome {
             Ok(Ok((version, database))) => {
                 health.status = HealthStatus::Up;
@@ -53,9 +53,12 @@ impl PostgresPool {
             }
         }
         health.pool = Some(self.status());
+        if let Some(set) = self.replica_set() {
+            health.replicas = Some(set.health(timeout).await);
+        }
         let multiplexed = self.multiplexed();
         health.multiplex = multiplexed.is_started().then(|| multiplexed.status());
-        super::maintenance::record_gauges(&self.status());
+        super::maintenance::record_gauges(self.label(), &self.status());
         health
     }
 }

@@ -103,7 +103,8 @@ impl Manager for PgManager {
             &self.shared.target,
             &secrets_of(&driver.config, &self.shared.secrets),
         ))
-        .await?;
+        .await
+        .inspect_err(|e| crate::metrics::connect_failed(self.shared.label, e))?;
         let Opened {
             client,
             connection,

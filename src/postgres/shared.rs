@@ -11,8 +11,7 @@ use tokio::task::AbortHandle;
 
 use super::hooks::Hooks;
 use crate::config::{PostgresPoolConfig, StatementCache};
-use crate::error::Backend;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, PoolLabel};
 
 /// Counters of a pool's life, readable without locks.
 #[derive(Debug, Default)]
@@ -33,6 +32,8 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Shared {
+    /// The pool's name in metrics and health (`primary`, `replica-1`).
+    pub label: PoolLabel,
     pub settings: PostgresPoolConfig,
     /// `postgres.statement_cache`: whether caches are emptied on return.
     pub statement_cache: StatementCache,
@@ -70,17 +71,31 @@ pub(crate) struct Shared {
     pub counters: Counters,
 }
 
+/// Which server a pool reaches and how it is named, for [`Shared::new`].
+pub(crate) struct Endpoint {
+    pub label: PoolLabel,
+    pub target: String,
+    pub database: String,
+    pub secrets: Vec<String>,
+    pub require_writable: bool,
+}
+
 impl Shared {
     pub fn new(
+        endpoint: Endpoint,
         settings: PostgresPoolConfig,
         statement_cache: StatementCache,
         hooks: Hooks,
-        target: String,
-        database: String,
-        secrets: Vec<String>,
-        require_writable: bool,
     ) -> Self {
+        let Endpoint {
+            label,
+            target,
+            database,
+            secrets,
+            require_writable,
+        } = endpoint;
         Shared {
+            label,
             settings,
             statement_cache,
             hooks,
@@ -119,12 +134,12 @@ impl Shared {
             CloseReason::Shutdown => &self.counters.closed_shutdown,
         };
         counter.fetch_add(count, Ordering::Relaxed);
-        metrics::connections_closed(Backend::Postgres, reason, count);
+        metrics::connections_closed(self.label, reason, count);
     }
 
     pub fn created(&self, took: Duration) {
         self.counters.created.fetch_add(1, Ordering::Relaxed);
-        metrics::connection_created(Backend::Postgres, Some(took));
+        metrics::connection_created(self.label, Some(took));
     }
 
     /// A checked-out connection came back (or was discarded).

@@ -221,6 +221,8 @@ impl PgCluster {
     /// session with `synchronous_commit = on` (the clusters' default is
     /// off) is told of its commit only once the standby has it.
     pub fn standby(&self) -> PgCluster {
+        let streaming = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'";
+        let before: usize = self.psql(streaming).parse().unwrap();
         let dir = cluster_dir("dbmanager-pg-standby-", self.root);
         let output = Self::command(self.root, &self.bindir.join("pg_basebackup"))
             .env("PGPASSWORD", &self.password)
@@ -265,10 +267,7 @@ impl PgCluster {
             root: self.root,
         };
         standby.start();
-        self.wait_for_sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            "1",
-        );
+        self.wait_for_sql(streaming, &(before + 1).to_string());
         self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf();");
         standby
     }
@@ -319,7 +318,7 @@ impl PgCluster {
     }
 
     /// Polls `sql` (bounded, 30 s) until it prints `expected`.
-    fn wait_for_sql(&self, sql: &str, expected: &str) {
+    pub fn wait_for_sql(&self, sql: &str, expected: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if self.psql(sql) == expected {

@@ -16,7 +16,8 @@
 //!   flows whose peer vanishes (packets dropped by the kernel).
 //! - [`retries`]: retry policies for tests, and builds meant to fail.
 //! - [`example`]: the example services run as processes.
-//! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client.
+//! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client;
+//!   [`metrics`]: what a test's metrics recorder holds.
 //!
 //! Every helper is re-exported here, so a test names `support::pg_config`
 //! whatever file it lives in.
@@ -28,6 +29,7 @@ pub mod example;
 pub mod http;
 pub mod load;
 pub mod logs;
+pub mod metrics;
 pub mod migrations;
 pub mod mongo;
 pub mod pgbouncer;
@@ -44,6 +46,7 @@ pub use example::*;
 pub use http::*;
 pub use load::*;
 pub use logs::*;
+pub use metrics::*;
 pub use migrations::*;
 pub use mongo::*;
 pub use pgbouncer::*;

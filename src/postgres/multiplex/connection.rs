@@ -12,7 +12,8 @@ use tokio::task::AbortHandle;
 use tokio_postgres::{Client, Statement};
 
 use super::session_sql::session_statement;
-use crate::error::{Backend, Error, Result};
+use crate::error::{Error, Result};
+use crate::metrics::PoolLabel;
 use crate::postgres::connect::{Driver, attempt_timeout, create_timeout};
 use crate::postgres::credentials::secrets_of;
 use crate::postgres::open::{Canceller, Opened, open};
@@ -80,7 +81,9 @@ impl MuxConnection {
             ..
         } = tokio::time::timeout(limit, connect)
             .await
-            .map_err(|_| create_timeout(&shared.target, limit))??;
+            .map_err(|_| create_timeout(&shared.target, limit))
+            .and_then(|opened| opened)
+            .inspect_err(|e| crate::metrics::connect_failed(PoolLabel::MULTIPLEX, e))?;
         let closed = Arc::new(AtomicBool::new(false));
         live.fetch_add(1, Ordering::AcqRel);
         let end = TaskEnd {
@@ -106,7 +109,7 @@ impl MuxConnection {
             });
         }
         let took = started.elapsed();
-        crate::metrics::connection_created(Backend::Postgres, Some(took));
+        crate::metrics::connection_created(PoolLabel::MULTIPLEX, Some(took));
         tracing::debug!(target: "dbmanager::postgres", took_ms = took.as_millis() as u64, "opened a multiplexed connection");
         let expires_at = max_lifetime.map(|lifetime| {
             let jitter = lifetime.mul_f64(LIFETIME_JITTER * fastrand::f64());

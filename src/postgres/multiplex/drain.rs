@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::state::MuxState;
 use crate::clock::wait_until;
-use crate::error::Backend;
 use crate::metrics::{self, CloseReason};
 
 /// How long cancel requests and closing sockets may take after the grace
@@ -48,7 +47,7 @@ impl MuxState {
             .filter_map(Option::take)
             .collect();
         metrics::connections_closed(
-            Backend::Postgres,
+            metrics::PoolLabel::MULTIPLEX,
             CloseReason::Shutdown,
             connections.len() as u64,
         );

@@ -76,7 +76,7 @@ impl MuxState {
                 } else {
                     metrics::CloseReason::Broken
                 };
-                metrics::connections_closed(crate::error::Backend::Postgres, reason, 1);
+                metrics::connections_closed(metrics::PoolLabel::MULTIPLEX, reason, 1);
                 // Statements still in flight on an expired connection are
                 // answered; it closes when their callers let go of it.
             }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::connection::MuxConnection;
 use super::state::MuxState;
 use crate::error::{Backend, Error, Result};
-use crate::metrics;
+use crate::metrics::{self, PoolLabel};
 
 /// A place in one connection's pipeline, held for one statement. Dropping
 /// it (the statement answered, failed, or its caller gave up) gives the
@@ -93,7 +93,7 @@ impl MuxState {
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 let pool = self.pool_status();
-                metrics::acquire_timeout(Backend::Postgres);
+                metrics::acquire_timeout(PoolLabel::MULTIPLEX);
                 tracing::warn!(target: "dbmanager::postgres", status = %self.status(), "timed out waiting for room on a multiplexed connection");
                 return Err(Error::PoolTimeout {
                     backend: Backend::Postgres,

@@ -101,6 +101,7 @@ impl MuxState {
             .filter(|c| c.in_flight.load(Ordering::Relaxed) > 0)
             .count();
         PoolStatus {
+            name: crate::metrics::PoolLabel::MULTIPLEX.pool,
             max_size: self.settings.connections,
             open: open.len(),
             idle: open.len() - in_use,

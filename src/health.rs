@@ -50,6 +50,23 @@ pub struct Topology {
     /// The replica set name, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set_name: Option<String>,
+    /// The client's read preference mode: `primary` (the default),
+    /// `primaryPreferred`, `secondary`, `secondaryPreferred` or `nearest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_preference: Option<String>,
+    /// The read preference's tag sets, when it has any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read_preference_tags: Vec<std::collections::BTreeMap<String, String>>,
+    /// The read preference's max staleness in seconds, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_staleness_secs: Option<u64>,
+    /// The replica set name the client requires of its servers, when it
+    /// requires one (compare `set_name`, what the server reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_set: Option<String>,
+    /// Whether the client talks to its one host only, without discovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_connection: Option<bool>,
 }
 
 /// One database's health.

@@ -492,3 +492,238 @@ fn statement_cache_is_read_from_toml_and_the_environment_and_a_bad_value_names_t
     ));
     assert!(key.contains("statement_cache"), "{key}: {problem}");
 }
+
+#[test]
+fn mongodb_topology_settings_are_read_from_toml_and_the_environment() {
+    use dbmanager::config::{ReadPreferenceMode, TagSet};
+    let config = load(None, None, &[]).unwrap();
+    assert_eq!(
+        config.mongodb.read_preference, None,
+        "unset: as the URL says"
+    );
+    assert!(config.mongodb.read_preference_tags.is_empty());
+    assert_eq!(config.mongodb.max_staleness, None);
+    assert_eq!(config.mongodb.replica_set, None);
+    assert_eq!(config.mongodb.direct_connection, None);
+
+    let config = load(
+        Some(
+            "[mongodb]\nurl = \"mongodb://db-1:27017,db-2:27017/\"\nread_preference = \"nearest\"\n\
+             read_preference_tags = [{ dc = \"east\", rack = 1 }, {}]\nmax_staleness = \"2m\"\n\
+             replica_set = \"rs0\"\ndirect_connection = false\n",
+        ),
+        None,
+        &[],
+    )
+    .unwrap();
+    let mongo = &config.mongodb;
+    assert_eq!(mongo.read_preference, Some(ReadPreferenceMode::Nearest));
+    assert_eq!(
+        mongo.read_preference_tags,
+        vec![
+            TagSet::from([("dc".into(), "east".into()), ("rack".into(), "1".into())]),
+            TagSet::new()
+        ]
+    );
+    assert_eq!(mongo.max_staleness, Some(Duration::from_secs(120)));
+    assert_eq!(mongo.replica_set.as_deref(), Some("rs0"));
+    assert_eq!(mongo.direct_connection, Some(false));
+
+    // The environment, over the file; a set name that looks like a number
+    // stays a name.
+    let config = load(
+        Some("[mongodb]\nread_preference = \"nearest\"\n"),
+        None,
+        &[
+            ("MONGODB_URL", "mongodb://db:27017/"),
+            ("DBMANAGER_MONGODB__READ_PREFERENCE", "secondaryPreferred"),
+            ("DBMANAGER_MONGODB__READ_PREFERENCE_TAGS", "[{dc=west},{}]"),
+            ("DBMANAGER_MONGODB__MAX_STALENESS", "90s"),
+            ("DBMANAGER_MONGODB__REPLICA_SET", "0001"),
+            ("DBMANAGER_MONGODB__DIRECT_CONNECTION", "true"),
+        ],
+    )
+    .unwrap();
+    let mongo = &config.mongodb;
+    assert_eq!(
+        mongo.read_preference,
+        Some(ReadPreferenceMode::SecondaryPreferred)
+    );
+    assert_eq!(
+        mongo.read_preference_tags,
+        vec![TagSet::from([("dc".into(), "west".into())]), TagSet::new()]
+    );
+    assert_eq!(mongo.max_staleness, Some(Duration::from_secs(90)));
+    assert_eq!(mongo.replica_set.as_deref(), Some("0001"));
+    assert_eq!(mongo.direct_connection, Some(true));
+
+    // Other spellings of a mode.
+    for spelling in [
+        "secondary_preferred",
+        "SecondaryPreferred",
+        "secondary-preferred",
+    ] {
+        let config = load(
+            None,
+            None,
+            &[("DBMANAGER_MONGODB__READ_PREFERENCE", spelling)],
+        )
+        .unwrap();
+        assert_eq!(
+            config.mongodb.read_preference,
+            Some(ReadPreferenceMode::SecondaryPreferred),
+            "{spelling}"
+        );
+    }
+}
+
+#[test]
+fn invalid_mongodb_topology_settings_are_errors_that_name_their_key() {
+    let url = |u: &str| ("MONGODB_URL", u.to_string());
+    // (what, variables, the key named, words of the problem)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "unknown read preference",
+            vec![("DBMANAGER_MONGODB__READ_PREFERENCE", "closest".into())],
+            "mongodb.read_preference",
+            "`closest` is not a read preference; expected one of primary, primaryPreferred",
+        ),
+        (
+            "primary with tags",
+            vec![
+                ("DBMANAGER_MONGODB__READ_PREFERENCE", "primary".into()),
+                (
+                    "DBMANAGER_MONGODB__READ_PREFERENCE_TAGS",
+                    "[{dc=east}]".into(),
+                ),
+            ],
+            "mongodb.read_preference_tags",
+            "cannot be used with read_preference = \"primary\"",
+        ),
+        (
+            "primary with max staleness",
+            vec![
+                ("DBMANAGER_MONGODB__READ_PREFERENCE", "primary".into()),
+                ("DBMANAGER_MONGODB__MAX_STALENESS", "120s".into()),
+            ],
+            "mongodb.max_staleness",
+            "cannot be used with read_preference = \"primary\"",
+        ),
+        (
+            "tags without a mode",
+            vec![(
+                "DBMANAGER_MONGODB__READ_PREFERENCE_TAGS",
+                "[{dc=east}]".into(),
+            )],
+            "mongodb.read_preference_tags",
+            "is set without `mongodb.read_preference`",
+        ),
+        (
+            "max staleness without a mode",
+            vec![("DBMANAGER_MONGODB__MAX_STALENESS", "120s".into())],
+            "mongodb.max_staleness",
+            "is set without `mongodb.read_preference`",
+        ),
+        (
+            "max staleness below the driver's minimum",
+            vec![
+                ("DBMANAGER_MONGODB__READ_PREFERENCE", "secondary".into()),
+                ("DBMANAGER_MONGODB__MAX_STALENESS", "30s".into()),
+            ],
+            "mongodb.max_staleness",
+            "must be at least 90s",
+        ),
+        (
+            "max staleness below heartbeat + 10 s",
+            vec![
+                ("DBMANAGER_MONGODB__READ_PREFERENCE", "secondary".into()),
+                ("DBMANAGER_MONGODB__HEARTBEAT_FREQUENCY", "100s".into()),
+                ("DBMANAGER_MONGODB__MAX_STALENESS", "100s".into()),
+            ],
+            "mongodb.max_staleness",
+            "must be at least 110s",
+        ),
+        (
+            "empty replica set name",
+            vec![("DBMANAGER_MONGODB__REPLICA_SET", " ".into())],
+            "mongodb.replica_set",
+            "is empty",
+        ),
+        (
+            "direct connection with several hosts",
+            vec![
+                url("mongodb://app:hunter2@db-1:27017,db-2:27017/"),
+                ("DBMANAGER_MONGODB__DIRECT_CONNECTION", "true".into()),
+            ],
+            "mongodb.direct_connection",
+            "the URL names 2 hosts",
+        ),
+        (
+            "direct connection with mongodb+srv",
+            vec![
+                url("mongodb+srv://app:hunter2@cluster.example.com/"),
+                ("DBMANAGER_MONGODB__DIRECT_CONNECTION", "true".into()),
+            ],
+            "mongodb.direct_connection",
+            "`mongodb+srv://`",
+        ),
+        (
+            "directConnection=true in a URL with several hosts",
+            vec![url(
+                "mongodb://app:hunter2@db-1:27017,db-2:27017/?directConnection=true",
+            )],
+            "mongodb.url",
+            "the URL names 2 hosts",
+        ),
+        (
+            "direct connection with a load balancer",
+            vec![
+                url("mongodb://app:hunter2@lb:27017/?loadBalanced=true"),
+                ("DBMANAGER_MONGODB__DIRECT_CONNECTION", "true".into()),
+            ],
+            "mongodb.direct_connection",
+            "loadBalanced=true",
+        ),
+        (
+            "replica set with a load balancer",
+            vec![
+                url("mongodb://app:hunter2@lb:27017/?loadBalanced=true"),
+                ("DBMANAGER_MONGODB__REPLICA_SET", "rs0".into()),
+            ],
+            "mongodb.replica_set",
+            "loadBalanced=true",
+        ),
+        (
+            "not a boolean",
+            vec![("DBMANAGER_MONGODB__DIRECT_CONNECTION", "maybe".into())],
+            "mongodb.direct_connection",
+            "",
+        ),
+    ];
+    for (what, env, key, wanted) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (got, problem) = config_error_key(load(None, None, &env));
+        assert_eq!(got, key, "{what}: {problem}");
+        assert!(problem.contains(wanted), "{what}: {problem}");
+        assert!(
+            !problem.contains("hunter2"),
+            "{what} leaks the password: {problem}"
+        );
+    }
+
+    // The typed `false` overrides the URL's `directConnection=true`, so the
+    // URL's several hosts are fine.
+    load(
+        None,
+        None,
+        &[
+            (
+                "MONGODB_URL",
+                "mongodb://db-1:27017,db-2:27017/?directConnection=true",
+            ),
+            ("DBMANAGER_MONGODB__DIRECT_CONNECTION", "false"),
+        ],
+    )
+    .unwrap();
+}

@@ -132,3 +132,93 @@ async fn hook_errors_quoting_the_password_are_scrubbed_before_they_are_logged() 
     assert_hidden("hook errors in the logs", &logged);
     drop_role(&db, &role).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_topology_settings_and_their_errors_show_no_password() {
+    use std::time::Duration;
+
+    use dbmanager::mongodb::bson::{Document, doc};
+
+    let logs = support::logs();
+    let server = support::MongoServer::start("secret_mongo", PASSWORD);
+    let mut config = Config::default();
+    config.mongodb.url = Some(DatabaseUrl::new(format!(
+        "{}&readPreference=nearest",
+        server.url()
+    )));
+    config.mongodb.database = Some(support::unique_name("secrets"));
+    config.mongodb.direct_connection = Some(true);
+    config.mongodb.server_selection_timeout = Duration::from_secs(1);
+    config.health.probe_timeout = Duration::from_secs(5);
+    config.retry = dbmanager::RetryPolicy::none();
+    assert_hidden("config Debug", &format!("{config:?}"));
+    assert_hidden("config JSON", &serde_json::to_string(&config).unwrap());
+
+    // Up: the topology with the settings.
+    let manager = support::build(config.clone()).await;
+    assert_hidden("manager Debug", &format!("{manager:?}"));
+    assert_hidden("handle Debug", &format!("{:?}", manager.mongo().unwrap()));
+    let report = serde_json::to_string(&manager.health().await).unwrap();
+    assert!(
+        report.contains("\"read_preference\":\"nearest\""),
+        "{report}"
+    );
+    assert_hidden("health JSON", &report);
+    manager.shutdown().await.unwrap();
+
+    // Down: a replica set the server does not have.
+    let mut absent = config.clone();
+    absent.mongodb.replica_set = Some("rs-absent".into());
+    let manager = DatabaseManager::builder()
+        .config(absent.clone())
+        .build_lazy()
+        .unwrap();
+    let things = manager
+        .mongo()
+        .unwrap()
+        .database()
+        .collection::<Document>("things");
+    let err: dbmanager::Error = things.find_one(doc! {}).await.unwrap_err().into();
+    assert_hidden("selection error Display", &err.to_string());
+    assert_hidden("selection error Debug", &format!("{err:?}"));
+    let report = manager.health().await;
+    assert!(report.components["mongodb"].error.is_some());
+    assert_hidden(
+        "health JSON when down",
+        &serde_json::to_string(&report).unwrap(),
+    );
+    manager.shutdown().await.unwrap();
+    let err = support::build_error(absent).await;
+    assert_hidden("connect error Display", &err.to_string());
+    assert_hidden("connect error Debug", &format!("{err:?}"));
+
+    // Refused: a direct connection to several hosts, and a URL option the
+    // driver refuses.
+    let mut several = config.clone();
+    several.mongodb.url = Some(DatabaseUrl::new(
+        server
+            .url()
+            .replace("@127.0.0.1:", "@127.0.0.2:1,127.0.0.1:"),
+    ));
+    let err = DatabaseManager::builder()
+        .config(several)
+        .build_lazy()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("mongodb.direct_connection"),
+        "{err}"
+    );
+    assert_hidden("config error", &err.to_string());
+    let mut refused = config.clone();
+    refused.mongodb.url = Some(DatabaseUrl::new(format!(
+        "{}&readPreference=closest",
+        server.url()
+    )));
+    let err = DatabaseManager::builder()
+        .config(refused)
+        .build_lazy()
+        .unwrap_err();
+    assert!(err.to_string().contains("mongodb.url"), "{err}");
+    assert_hidden("driver config error", &err.to_string());
+    assert_hidden("captured logs", &logs.contents());
+}

@@ -24,6 +24,7 @@ mod migrations;
 mod mongo;
 mod multiplex;
 mod postgres;
+mod read_preference;
 mod replicas;
 mod secret;
 pub(crate) mod url;
@@ -39,6 +40,7 @@ pub use multiplex::PostgresMultiplexConfig;
 pub use postgres::{
     PostgresConfig, PostgresPoolConfig, QueueMode, RecyclingMethod, StatementCache,
 };
+pub use read_preference::{ReadPreferenceMode, TagSet, UnknownReadPreference};
 pub use replicas::{PostgresReplicasConfig, ReplicaFallback};
 pub use secret::{DatabaseUrl, REDACTED, Secret, redact_url};
 

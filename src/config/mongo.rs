@@ -1,12 +1,14 @@
-//! MongoDB settings: where to connect, authentication, TLS, and the pool.
+//! MongoDB settings: where to connect, authentication, topology (read
+//! preference, replica set, direct connection), TLS, and the pool.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::read_preference::{ReadPreferenceMode, TagSet, deserialize_tag_sets};
 use super::secret::DatabaseUrl;
-use super::url::ConnectionString;
+use super::url::{ConnectionString, UrlParts};
 use crate::error::{Problems, at_most_a_year, pool_size, positive, positive_opt};
 
 /// MongoDB settings (`[mongodb]`).
@@ -50,6 +52,32 @@ pub struct MongoConfig {
     /// 500 ms (the driver's minimum).
     #[serde(with = "humantime_serde")]
     pub heartbeat_frequency: Duration,
+    /// Which members serve reads: `primary`, `primaryPreferred`,
+    /// `secondary`, `secondaryPreferred` or `nearest` (case, `_` and `-`
+    /// ignored). When set, it replaces the URL's whole read preference
+    /// (`readPreference`, `readPreferenceTags`, `maxStalenessSeconds`).
+    /// Default: as the URL says, else `primary`.
+    pub read_preference: Option<ReadPreferenceMode>,
+    /// Tag sets for `read_preference`, tried in order until one matches a
+    /// member (`[{ dc = "east" }, {}]`). Needs `read_preference` set to a
+    /// mode other than `primary`. Default: none.
+    #[serde(deserialize_with = "deserialize_tag_sets")]
+    pub read_preference_tags: Vec<TagSet>,
+    /// How far a secondary may lag behind the primary and still serve
+    /// reads. Needs `read_preference` set to a mode other than `primary`;
+    /// at least 90 s and at least `heartbeat_frequency` + 10 s (the
+    /// driver's minimum). Default: none (no limit).
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    /// The replica set the servers must belong to: a server reporting
+    /// another set name, or none (a standalone), is not used. Default: as
+    /// the URL says (`replicaSet=`), else none.
+    pub replica_set: Option<String>,
+    /// `true`: talk to the URL's single host only, whatever its role, with
+    /// no discovery of the other members; `false`: discover the deployment
+    /// from the hosts given. Default: as the URL says
+    /// (`directConnection=`), else `false`.
+    pub direct_connection: Option<bool>,
     /// TLS options, passed through to the driver.
     pub tls: MongoTlsConfig,
     /// Connection pool settings.
@@ -68,6 +96,11 @@ impl Default for MongoConfig {
             connect_timeout: Duration::from_secs(5),
             server_selection_timeout: Duration::from_secs(5),
             heartbeat_frequency: Duration::from_secs(10),
+            read_preference: None,
+            read_preference_tags: Vec::new(),
+            max_staleness: None,
+            replica_set: None,
+            direct_connection: None,
             tls: MongoTlsConfig::default(),
             pool: MongoPoolConfig::default(),
         }
@@ -139,6 +172,7 @@ impl MongoConfig {
     }
 
     pub(super) fn check(&self, p: &mut Problems) {
+        let mut url_parts = None;
         if let Some(url) = &self.url {
             match ConnectionString::parse(url.expose()) {
                 Ok(ConnectionString::Url(parts))
@@ -147,6 +181,7 @@ impl MongoConfig {
                     if parts.hosts.is_empty() {
                         p.push("mongodb.url", "has no host");
                     }
+                    url_parts = Some(parts);
                 }
                 Ok(ConnectionString::Url(parts)) => p.push(
                     "mongodb.url",
@@ -180,6 +215,7 @@ impl MongoConfig {
             );
         }
         at_most_a_year("mongodb.heartbeat_frequency", self.heartbeat_frequency, p);
+        self.check_topology(url_parts.as_ref(), p);
         if self.pool.max_size == 0 {
             p.push("mongodb.pool.max_size", "must be at least 1");
         }
@@ -199,6 +235,121 @@ impl MongoConfig {
         }
         positive_opt("mongodb.pool.max_idle_time", self.pool.max_idle_time, p);
     }
+}
+
+impl MongoConfig {
+    /// Read preference, replica set and direct connection, alone and with
+    /// the URL's own options: what the driver would refuse (or, for a
+    /// `mongodb+srv` URL with a direct connection set here, silently
+    /// accept) is an error naming the key.
+    fn check_topology(&self, url: Option<&UrlParts>, p: &mut Problems) {
+        match self.read_preference {
+            None => {
+                let needs_mode = "is set without `mongodb.read_preference`: set the mode too \
+                    (without it the URL's read preference is used as it is)";
+                if !self.read_preference_tags.is_empty() {
+                    p.push("mongodb.read_preference_tags", needs_mode);
+                }
+                if self.max_staleness.is_some() {
+                    p.push("mongodb.max_staleness", needs_mode);
+                }
+            }
+            Some(ReadPreferenceMode::Primary) => {
+                let not_primary = "cannot be used with read_preference = \"primary\": \
+                    reads go to the primary whatever its tags and lag";
+                if !self.read_preference_tags.is_empty() {
+                    p.push("mongodb.read_preference_tags", not_primary);
+                }
+                if self.max_staleness.is_some() {
+                    p.push("mongodb.max_staleness", not_primary);
+                }
+            }
+            Some(_) => {}
+        }
+        if let Some(staleness) = self.max_staleness {
+            let least = MIN_MAX_STALENESS.max(
+                self.heartbeat_frequency
+                    .saturating_add(STALENESS_IDLE_WRITE_PERIOD),
+            );
+            if staleness < least {
+                p.push(
+                    "mongodb.max_staleness",
+                    format!(
+                        "is {staleness:?} but must be at least {least:?} (90 s, and \
+                         heartbeat_frequency + 10 s: the driver's minimum)"
+                    ),
+                );
+            }
+            at_most_a_year("mongodb.max_staleness", staleness, p);
+        }
+        if let Some(name) = &self.replica_set
+            && name.trim().is_empty()
+        {
+            p.push(
+                "mongodb.replica_set",
+                "is empty; leave it unset for no replica set",
+            );
+        }
+        let Some(url) = url else {
+            return;
+        };
+        let url_direct =
+            url_option(url, "directConnection").map(|v| v.eq_ignore_ascii_case("true"));
+        let load_balanced =
+            url_option(url, "loadBalanced").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        // The key that set the effective value, for the error to name it.
+        let direct_key = match (self.direct_connection, url_direct) {
+            (Some(true), _) => Some("mongodb.direct_connection"),
+            (None, Some(true)) => Some("mongodb.url"),
+            _ => None,
+        };
+        if let Some(key) = direct_key {
+            let hosts = url.hosts.split(',').filter(|h| !h.is_empty()).count();
+            if url.scheme == "mongodb+srv" {
+                p.push(
+                    key,
+                    "asks for a direct connection, but the URL is `mongodb+srv://`, \
+                     which names a deployment, not one server",
+                );
+            } else if hosts > 1 {
+                p.push(
+                    key,
+                    format!(
+                        "asks for a direct connection, but the URL names {hosts} hosts; \
+                         a direct connection talks to exactly one"
+                    ),
+                );
+            }
+            if load_balanced {
+                p.push(
+                    key,
+                    "asks for a direct connection, which loadBalanced=true in the URL excludes",
+                );
+            }
+        }
+        if self.replica_set.is_some() && load_balanced {
+            p.push(
+                "mongodb.replica_set",
+                "is set, which loadBalanced=true in the URL excludes",
+            );
+        }
+    }
+}
+
+/// The driver's floor for `max_staleness` (the server selection
+/// specification's 90 s).
+const MIN_MAX_STALENESS: Duration = Duration::from_secs(90);
+/// How often a primary writes when idle; `max_staleness` must also exceed
+/// the heartbeat by this.
+const STALENESS_IDLE_WRITE_PERIOD: Duration = Duration::from_secs(10);
+
+/// A connection string option; MongoDB's option names ignore case.
+fn url_option<'a>(url: &'a UrlParts, name: &str) -> Option<&'a str> {
+    url.query
+        .iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// MongoDB's rules for database names.

@@ -143,10 +143,22 @@ fn server_selection(message: &str) -> String {
         })
         .filter(|s| !s.is_empty())
         .collect();
-    if servers.is_empty() {
-        head
-    } else {
-        format!("{head} ({})", servers.join("; "))
+    // The replica set the client requires (the driver names it before the
+    // servers). A topology left without servers has removed every seed
+    // that answered as something else: a standalone, another set.
+    let set_name = topology
+        .split("Servers: [")
+        .next()
+        .and_then(|t| t.split("Set Name: ").nth(1))
+        .and_then(|t| t.split([',', ' ']).next())
+        .filter(|n| !n.is_empty());
+    match (set_name, servers.is_empty()) {
+        (None, true) => head,
+        (None, false) => format!("{head} ({})", servers.join("; ")),
+        (Some(set), true) => {
+            format!("{head} (replica set `{set}`: no seed answered as a member of it)")
+        }
+        (Some(set), false) => format!("{head} (replica set `{set}`; {})", servers.join("; ")),
     }
 }
 
@@ -221,6 +233,27 @@ mod tests {
             server_selection(message),
             "no available server within the server selection timeout \
              (127.0.0.1:34513: I/O error: Connection refused (os error 111))"
+        );
+    }
+
+    #[test]
+    fn server_selection_names_the_replica_set_the_client_requires() {
+        let message = "Server selection timeout: No available servers. Topology: { Type: \
+            ReplicaSetNoPrimary, Set Name: rs-absent }";
+        assert_eq!(
+            server_selection(message),
+            "no available server within the server selection timeout (replica set `rs-absent`: \
+             no seed answered as a member of it)"
+        );
+        let message = "Server selection timeout: No available servers. Topology: { Type: Single, \
+            Set Name: rs-absent, Servers: [ { Address: 127.0.0.1:1, Type: Unknown, Error: Kind: \
+            An invalid argument was provided: Connection string replicaSet name \"rs-absent\" does \
+            not match actual name <none>, labels: {}, source: None, server response: None } ] }";
+        assert_eq!(
+            server_selection(message),
+            "no available server within the server selection timeout (replica set `rs-absent`; \
+             127.0.0.1:1: An invalid argument was provided: Connection string replicaSet name \
+             \"rs-absent\" does not match actual name <none>)"
         );
     }
 

@@ -4,6 +4,7 @@
 mod events;
 mod indexes;
 mod probe;
+mod topology;
 mod transaction;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::error::{Backend, Error, Result};
 use crate::metrics::PoolLabel;
 use crate::pool_status::PoolStatus;
 use events::PoolEvents;
+use topology::ClientTopology;
 
 /// How long closing the client (ending server sessions, closing sockets) may
 /// take at the end of a drain.
@@ -47,6 +49,7 @@ struct Shared {
     warm_up_timeout: Duration,
     events: Arc<PoolEvents>,
     draining: AtomicBool,
+    topology: ClientTopology,
 }
 
 /// Counters of the MongoDB pool since the client was built, from the
@@ -123,6 +126,8 @@ impl MongoHandle {
             }
         }
         apply_tls(&mut options, config);
+        topology::apply(&mut options, config);
+        let topology = ClientTopology::of(&options);
         let client = Client::with_options(options).map_err(|e| {
             Error::config(
                 "mongodb",
@@ -148,6 +153,7 @@ impl MongoHandle {
                     .saturating_add(config.server_selection_timeout),
                 events,
                 draining: AtomicBool::new(false),
+                topology,
             }),
         })
     }
@@ -314,6 +320,12 @@ impl MongoHandle {
 
     pub(crate) fn events(&self) -> &PoolEvents {
         &self.shared.events
+    }
+
+    /// The read preference, replica set and direct connection the client
+    /// was built with (the URL's options and the typed settings together).
+    pub(crate) fn client_topology(&self) -> &ClientTopology {
+        &self.shared.topology
     }
 }
 

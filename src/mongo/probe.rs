@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Document, doc};
 
 use super::MongoHandle;
+use super::topology::ClientTopology;
 use crate::config::scrub;
 use crate::error::Error;
 use crate::health::{ComponentHealth, HealthStatus, Topology};
@@ -48,7 +49,7 @@ impl MongoHandle {
                 health.status = HealthStatus::Up;
                 health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
                 health.server_version = build.get_str("version").ok().map(str::to_string);
-                health.topology = Some(topology(&hello, self.target()));
+                health.topology = Some(topology(&hello, self.target(), self.client_topology()));
             }
             Ok(Err(error)) => health.error = Some(scrub(&error.to_string(), self.secrets())),
             Err(_) => {
@@ -60,8 +61,9 @@ impl MongoHandle {
     }
 }
 
-/// Reads the deployment's shape from a `hello` reply.
-fn topology(hello: &Document, target: &str) -> Topology {
+/// Reads the deployment's shape from a `hello` reply, beside what the client
+/// was told about it.
+fn topology(hello: &Document, target: &str, client: &ClientTopology) -> Topology {
     let strings = |key: &str| -> Vec<String> {
         hello
             .get_array(key)
@@ -92,6 +94,11 @@ fn topology(hello: &Document, target: &str) -> Topology {
         kind: kind.to_string(),
         servers,
         set_name,
+        read_preference: Some(client.read_preference.clone()),
+        read_preference_tags: client.tags.clone(),
+        max_staleness_secs: client.max_staleness_secs,
+        replica_set: client.replica_set.clone(),
+        direct_connection: Some(client.direct_connection),
     }
 }
 
@@ -99,18 +106,70 @@ fn topology(hello: &Document, target: &str) -> Topology {
 mod tests {
     use super::*;
 
+    fn client() -> ClientTopology {
+        ClientTopology {
+            read_preference: "primary".into(),
+            tags: Vec::new(),
+            max_staleness_secs: None,
+            replica_set: None,
+            direct_connection: false,
+        }
+    }
+
     #[test]
     fn topology_kinds() {
-        let standalone = topology(&doc! { "isWritablePrimary": true }, "app@db:27017/app");
+        let standalone = topology(
+            &doc! { "isWritablePrimary": true },
+            "app@db:27017/app",
+            &client(),
+        );
         assert_eq!(standalone.kind, "standalone");
         assert_eq!(standalone.servers, ["db:27017"]);
         let rs = topology(
             &doc! { "setName": "rs0", "hosts": ["a:1", "b:2"] },
             "a:1,b:2",
+            &client(),
         );
         assert_eq!(rs.kind, "replica_set");
         assert_eq!(rs.servers, ["a:1", "b:2"]);
-        let sharded = topology(&doc! { "msg": "isdbgrid" }, "mongos:27017");
+        let sharded = topology(&doc! { "msg": "isdbgrid" }, "mongos:27017", &client());
         assert_eq!(sharded.kind, "sharded");
+    }
+
+    #[test]
+    fn the_clients_settings_stand_beside_what_the_server_reports() {
+        let settings = ClientTopology {
+            read_preference: "secondaryPreferred".into(),
+            tags: vec![[("dc".to_string(), "east".to_string())].into()],
+            max_staleness_secs: Some(120),
+            replica_set: Some("rs0".into()),
+            direct_connection: true,
+        };
+        let rs = topology(
+            &doc! { "setName": "rs0", "hosts": ["a:1"] },
+            "a:1",
+            &settings,
+        );
+        let json = serde_json::to_value(&rs).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "replica_set", "servers": ["a:1"], "set_name": "rs0",
+                "read_preference": "secondaryPreferred",
+                "read_preference_tags": [{ "dc": "east" }],
+                "max_staleness_secs": 120,
+                "replica_set": "rs0", "direct_connection": true
+            })
+        );
+        // Absent settings are left out; the mode and direct connection are
+        // always there.
+        let plain = serde_json::to_value(topology(&doc! {}, "db:27017", &client())).unwrap();
+        assert_eq!(
+            plain,
+            serde_json::json!({
+                "kind": "standalone", "servers": ["db:27017"],
+                "read_preference": "primary", "direct_connection": false
+            })
+        );
     }
 }

@@ -271,12 +271,15 @@ impl EnvLayer {
                 ));
             }
             // Secrets and names stay strings even when they look like numbers.
-            let value: Value =
-                if key.ends_with("url") || key.contains("password") || key.ends_with("name") {
-                    raw.as_str().into()
-                } else {
-                    raw.parse().expect("parsing a figment value is infallible")
-                };
+            let value: Value = if key.ends_with("url")
+                || key.contains("password")
+                || key.ends_with("name")
+                || key.ends_with("replica_set")
+            {
+                raw.as_str().into()
+            } else {
+                raw.parse().expect("parsing a figment value is infallible")
+            };
             push(&key, value, var);
         }
         Ok(out)

@@ -11,6 +11,7 @@
 //! - [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of a
 //!   server ([`PgBouncer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
+//! - [`patroni`]: a three-member Patroni cluster with etcd, for failover.
 //! - [`load`]: a write load that records what the server acknowledged.
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
@@ -30,6 +31,7 @@ pub mod load;
 pub mod logs;
 pub mod migrations;
 pub mod mongo;
+pub mod patroni;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
@@ -46,6 +48,7 @@ pub use load::*;
 pub use logs::*;
 pub use migrations::*;
 pub use mongo::*;
+pub use patroni::Patroni;
 pub use pgbouncer::*;
 pub use postgres::*;
 pub use proxy::*;

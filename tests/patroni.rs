@@ -69,7 +69,7 @@ async fn the_pool_follows_patroni_through_a_switchover_and_a_killed_leader() {
     let load = WriteLoad::start(&db, TASKS);
     writes_again(&load, Instant::now(), "the load runs on the leader").await;
     let started = Instant::now();
-    tokio::task::block_in_place(|| cluster.switchover(leader, candidate));
+    tokio::task::block_in_place(|| cluster.switchover(leader, candidate, Duration::from_secs(60)));
     let patroni_took = started.elapsed();
     let switched = Instant::now();
     let (switched_to, _) = tokio::task::block_in_place(|| {

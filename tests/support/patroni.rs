@@ -2,9 +2,23 @@
 //! (Debian's `patroni` and `etcd-server`, which `scripts/setup` installs),
 //! each PostgreSQL on a port of its own, `ttl: 10`, `loop_wait: 2` and
 //! synchronous mode, so a failover never loses an acknowledged commit.
-//! Everything runs as `postgres` under one temporary folder, each Patroni in
-//! a process group of its own (its PostgreSQL included), and all of it is
-//! killed when the value is dropped, however the test ends.
+//!
+//! Everything runs as `postgres`, from one temporary folder owned by it:
+//! that folder is each process's working directory too. (Patroni starts
+//! PostgreSQL through a Python `multiprocessing` helper that first enters
+//! its parent's working directory; in a checkout `postgres` may not enter,
+//! such as a `mktemp -d` folder, the helper dies and Patroni waits for it
+//! for ever, holding the bootstrap: "waiting for leader to bootstrap".)
+//!
+//! Every port is a [`ReservedPort`]: outside the kernel's ephemeral range
+//! and held from every other test (process) until the cluster is dropped,
+//! so no server started beside this one takes a port before Patroni's
+//! PostgreSQL binds it, seconds after `initdb`. The folder holds the logs:
+//! `etcd.log`, `member<i>.log` (Patroni, with its PostgreSQL's log) and
+//! `member<i>.out`. Each Patroni runs in a process group of its own; all
+//! of it is killed when the value is dropped, however the test ends.
+//! Every wait is bounded, ends early when etcd or a Patroni exits, and
+//! fails with the tail of every log; a failed test keeps its logs folder.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -13,13 +27,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cluster::cluster_dir;
-use super::free_port;
+use super::ports::ReservedPort;
 
 const PASSWORD: &str = "patroni-pw";
+/// The bootstrap: etcd healthy, a leader, every replica streaming and one
+/// of them synchronous.
+const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(90);
+/// Lines of each log shown when something times out.
+const TAIL: usize = 30;
 
 struct Member {
-    pg_port: u16,
-    api_port: u16,
+    pg_port: ReservedPort,
+    api_port: ReservedPort,
     config: PathBuf,
     process: Option<Child>,
 }
@@ -27,7 +46,12 @@ struct Member {
 pub struct Patroni {
     dir: tempfile::TempDir,
     etcd: Child,
+    etcd_port: ReservedPort,
+    _etcd_peer_port: ReservedPort,
     members: Vec<Member>,
+    /// Keep the logs folder when dropped: a wait failed (and showed the
+    /// logs) or the test panicked.
+    keep_logs: bool,
 }
 
 fn require(program: &str) {
@@ -41,9 +65,12 @@ fn require(program: &str) {
     );
 }
 
-fn as_postgres(program: &str) -> Command {
+/// `program` as the `postgres` user, working in `dir`.
+fn as_postgres(program: &str, dir: &Path) -> Command {
     let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--", program]);
+    command
+        .args(["-u", "postgres", "--", program])
+        .current_dir(dir);
     command
 }
 
@@ -51,23 +78,107 @@ fn log_file(path: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(path).unwrap())
 }
 
+/// A `GET` over HTTP/1.0: the status and the body, or `None` when nothing
+/// answers (within 2 s).
+fn rest_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Some((status, body))
+}
+
+/// The last `TAIL` lines of a log, or why there are none.
+fn tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(TAIL)..].join("\n")
+        }
+        Err(e) => format!("({e})"),
+    }
+}
+
+/// The process group of a running process (`/proc/<pid>/stat`: the third
+/// field after the command name).
+fn process_group(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2).map(str::to_string)
+}
+
+fn kill_group(group: &str) {
+    let _ = Command::new("kill")
+        .args(["-9", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `kill -9` of the PostgreSQL serving `data`: its postmaster and the
+/// session Patroni started it in (its backends).
+fn kill_postmaster(data: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        && let Some(pid) = pid.lines().next()
+    {
+        let pid = pid.trim();
+        if let Some(group) = process_group(pid) {
+            kill_group(&group);
+        }
+        let _ = Command::new("kill")
+            .args(["-9", pid])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Patroni {
-    /// Starts etcd and `members` Patroni members, and waits (bounded, 90 s)
-    /// for a leader.
+    /// Starts etcd and `members` Patroni members and waits (bounded) for a
+    /// leader with every other member replicating, one synchronously.
     pub fn start(members: usize) -> Patroni {
         require("patroni");
         require("etcd");
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
         assert!(
-            is_root,
+            super::cluster::is_root(),
             "the Patroni tests run Patroni as the postgres user: run them as root"
         );
-        let dir = cluster_dir("dbmanager-patroni-", true);
-        let (client, peer) = (free_port(), free_port());
-        let etcd = as_postgres("etcd")
+        let mut cluster = Patroni::launch(members);
+        if let Err(why) = cluster.bootstrap(BOOTSTRAP_LIMIT) {
+            cluster.fail(&format!("Patroni did not bootstrap: {why}"));
+        }
+        cluster
+    }
+
+    /// Reserves the ports, writes the configurations and starts etcd.
+    fn launch(members: usize) -> Patroni {
+        // Under scripts/test, the run's name is in the folder's, so that its
+        // exit can stop what a killed test left running, and only that.
+        let run = std::env::var("SERVICES_RUN_DIR")
+            .ok()
+            .and_then(|d| Some(Path::new(&d).file_name()?.to_str()?.to_string()))
+            .map_or(String::new(), |name| format!("{name}-"));
+        let dir = cluster_dir(&format!("dbmanager-patroni-{run}"), true);
+        let usable = Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-w"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            usable,
+            "the postgres user cannot write to {} (TMPDIR must be a folder it can enter)",
+            dir.path().display()
+        );
+        let (etcd_port, etcd_peer_port) = (ReservedPort::new(), ReservedPort::new());
+        let (client, peer) = (etcd_port.get(), etcd_peer_port.get());
+        let etcd = as_postgres("etcd", dir.path())
             .args(["--name", "etcd", "--data-dir"])
             .arg(dir.path().join("etcd"))
             .args([
@@ -90,11 +201,18 @@ impl Patroni {
         let bindir = super::cluster::pg_bindir();
         let members = (0..members)
             .map(|i| {
-                let (pg_port, api_port) = (free_port(), free_port());
+                let (pg_port, api_port) = (ReservedPort::new(), ReservedPort::new());
                 let config = dir.path().join(format!("member{i}.yml"));
                 std::fs::write(
                     &config,
-                    member_config(i, dir.path(), &bindir, client, pg_port, api_port),
+                    member_config(
+                        i,
+                        dir.path(),
+                        &bindir,
+                        client,
+                        pg_port.get(),
+                        api_port.get(),
+                    ),
                 )
                 .unwrap();
                 Member {
@@ -105,16 +223,123 @@ impl Patroni {
                 }
             })
             .collect();
-        let mut patroni = Patroni { dir, etcd, members };
-        for i in 0..patroni.members.len() {
-            patroni.spawn(i);
+        Patroni {
+            dir,
+            etcd,
+            etcd_port,
+            _etcd_peer_port: etcd_peer_port,
+            members,
+            keep_logs: false,
         }
-        let (leader, _) = patroni.wait_for_leader(None, Duration::from_secs(90));
-        let others: Vec<usize> = (0..patroni.members.len())
-            .filter(|&i| i != leader)
-            .collect();
-        patroni.wait_for_replicas(&others, Duration::from_secs(90));
-        patroni
+    }
+
+    /// etcd healthy, then every member started, a leader, and every other
+    /// member replicating with one synchronous, all within `limit`.
+    fn bootstrap(&mut self, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        self.wait(limit, "etcd answering /health", |c| c.etcd_healthy())?;
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        self.wait(left, "a leader", |c| c.leader().is_some())?;
+        let leader = self.leader().ok_or("the leader went away")?;
+        let others: Vec<usize> = (0..self.members.len()).filter(|&i| i != leader).collect();
+        let left = limit.saturating_sub(started.elapsed());
+        self.wait(
+            left,
+            &format!("members {others:?} replicating, one synchronously"),
+            |c| c.replicating(&others),
+        )?;
+        Ok(())
+    }
+
+    /// Polls `check` until it holds (`Ok` with the time it took), `limit`
+    /// passes or etcd or a running member exits (`Err` saying which).
+    fn wait(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut(&Self) -> bool,
+    ) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            if check(self) {
+                return Ok(started.elapsed());
+            }
+            if let Ok(Some(status)) = self.etcd.try_wait() {
+                return Err(format!("waiting for {what}: etcd exited ({status})"));
+            }
+            for (i, member) in self.members.iter_mut().enumerate() {
+                if let Some(Ok(Some(status))) = member.process.as_mut().map(Child::try_wait) {
+                    return Err(format!(
+                        "waiting for {what}: member{i}'s Patroni exited ({status})"
+                    ));
+                }
+            }
+            if started.elapsed() >= limit {
+                return Err(format!("no {what} within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// As [`Patroni::wait`], failing the test with every log's tail.
+    fn wait_or_fail(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        check: impl FnMut(&Self) -> bool,
+    ) -> Duration {
+        match self.wait(limit, what, check) {
+            Ok(took) => took,
+            Err(why) => self.fail(&why),
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        self.keep_logs = true;
+        panic!("{why}\n{}", self.logs());
+    }
+
+    /// The state of every process and the tail of every log.
+    pub fn logs(&mut self) -> String {
+        let dir = self.dir.path().to_path_buf();
+        let mut text = format!("logs in {}\n", dir.display());
+        let etcd = self.etcd.try_wait();
+        text += &format!(
+            "--- etcd ({etcd:?}; None is running)\n{}\n",
+            tail(&dir.join("etcd.log"))
+        );
+        for (i, member) in self.members.iter_mut().enumerate() {
+            let status = member.process.as_mut().map(Child::try_wait);
+            text += &format!(
+                "--- member{i}: PostgreSQL on {}, REST on {}, Patroni {status:?} (Some(Ok(None)) is running)\n",
+                member.pg_port.get(),
+                member.api_port.get()
+            );
+            text += &format!(
+                "--- member{i}.log (Patroni and PostgreSQL)\n{}\n",
+                tail(&dir.join(format!("member{i}.log")))
+            );
+            text += &format!(
+                "--- member{i}.out\n{}\n",
+                tail(&dir.join(format!("member{i}.out")))
+            );
+        }
+        text
+    }
+
+    fn etcd_healthy(&self) -> bool {
+        rest_get(self.etcd_port.get(), "/health")
+            .is_some_and(|(status, body)| status == 200 && body.contains("true"))
+    }
+
+    fn replicating(&self, members: &[usize]) -> bool {
+        members
+            .iter()
+            .all(|&i| self.api_status(i, "/replica") == Some(200))
+            && members.iter().any(|&i| self.is_synchronous(i))
     }
 
     /// Whether member `i` is the synchronous standby now.
@@ -126,27 +351,17 @@ impl Patroni {
     /// and one of them is the synchronous standby: only then can Patroni
     /// fail over without losing an acknowledged commit. (The REST API
     /// names a leader while it is still bootstrapping.)
-    pub fn wait_for_replicas(&self, members: &[usize], limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let replicating = members
-                .iter()
-                .all(|&i| self.api_status(i, "/replica") == Some(200));
-            let synchronous = members.iter().any(|&i| self.is_synchronous(i));
-            if replicating && synchronous {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "members {members:?} were not replicating (one synchronously) within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait_for_replicas(&mut self, members: &[usize], limit: Duration) {
+        self.wait_or_fail(
+            limit,
+            &format!("members {members:?} replicating, one synchronously"),
+            |c| c.replicating(members),
+        );
     }
 
     fn spawn(&mut self, i: usize) {
         let member = &mut self.members[i];
-        let child = as_postgres("patroni")
+        let child = as_postgres("patroni", self.dir.path())
             .arg(&member.config)
             .stdout(log_file(&self.dir.path().join(format!("member{i}.out"))))
             .stderr(log_file(&self.dir.path().join(format!("member{i}.log"))))
@@ -161,7 +376,7 @@ impl Patroni {
         let hosts: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.pg_port))
+            .map(|m| format!("127.0.0.1:{}", m.pg_port.get()))
             .collect();
         format!(
             "postgres://postgres:{PASSWORD}@{}/{database}?target_session_attrs=read-write",
@@ -173,7 +388,7 @@ impl Patroni {
     pub fn member_url(&self, i: usize, database: &str) -> String {
         format!(
             "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{database}",
-            self.members[i].pg_port
+            self.members[i].pg_port.get()
         )
     }
 
@@ -183,29 +398,17 @@ impl Patroni {
     }
 
     fn api_status(&self, i: usize, path: &str) -> Option<u16> {
-        let address = format!("127.0.0.1:{}", self.members[i].api_port);
-        let mut stream = std::net::TcpStream::connect(address).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut reply = String::new();
-        let _ = stream.read_to_string(&mut reply);
-        reply.split_whitespace().nth(1)?.parse().ok()
+        rest_get(self.members[i].api_port.get(), path).map(|(status, _)| status)
     }
 
     /// Waits (bounded by `limit`) until a member other than `except` is
     /// the leader; returns it and how long that took.
-    pub fn wait_for_leader(&self, except: Option<usize>, limit: Duration) -> (usize, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(leader) = self.leader().filter(|l| Some(*l) != except) {
-                return (leader, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < limit,
-                "no leader within {limit:?}: see the logs in {}",
-                self.dir.path().display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+    pub fn wait_for_leader(&mut self, except: Option<usize>, limit: Duration) -> (usize, Duration) {
+        let new_leader = |c: &Self| c.leader().filter(|l| Some(*l) != except);
+        let took = self.wait_or_fail(limit, "a leader", |c| new_leader(c).is_some());
+        match new_leader(self) {
+            Some(leader) => (leader, took),
+            None => self.fail("the new leader went away at once"),
         }
     }
 
@@ -213,17 +416,17 @@ impl Patroni {
     /// group), as a crashed host would.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].process.take() {
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{}", child.id())])
-                .status();
+            kill_group(&child.id().to_string());
             let _ = child.wait();
         }
         kill_postmaster(&self.dir.path().join(format!("data{i}")));
     }
 
-    /// A planned switchover to `candidate` (`patronictl switchover`).
-    pub fn switchover(&self, leader: usize, candidate: usize) {
-        let output = as_postgres("patronictl")
+    /// A planned switchover to `candidate` (`patronictl switchover`),
+    /// bounded by `limit`.
+    pub fn switchover(&mut self, leader: usize, candidate: usize, limit: Duration) {
+        let out = self.dir.path().join("switchover.out");
+        let mut patronictl = as_postgres("patronictl", self.dir.path())
             .arg("-c")
             .arg(&self.members[leader].config)
             .args([
@@ -234,50 +437,57 @@ impl Patroni {
                 &format!("member{candidate}"),
                 "--force",
             ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "patronictl switchover failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-fn kill_postmaster(data: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
-        && let Some(pid) = pid.lines().next()
-    {
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            .stdout(log_file(&out))
+            .stderr(log_file(&out.with_extension("log")))
+            .process_group(0)
+            .spawn()
+            .expect("starting patronictl");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = patronictl.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() >= limit {
+                kill_group(&patronictl.id().to_string());
+                let _ = patronictl.wait();
+                self.fail(&format!(
+                    "patronictl switchover did not return within {limit:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            let said = tail(&out) + "\n" + &tail(&out.with_extension("log"));
+            self.fail(&format!("patronictl switchover failed ({status}): {said}"));
+        }
     }
 }
 
 impl Drop for Patroni {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            // What Patroni said is the way to tell why a test failed.
-            for i in 0..self.members.len() {
-                let status = self.members[i].process.as_mut().map(|c| c.try_wait());
-                eprintln!("--- member{i}: process {status:?}");
-                let log = self.dir.path().join(format!("member{i}.log"));
-                let out = self.dir.path().join(format!("member{i}.out"));
-                let text = std::fs::read_to_string(log).unwrap_or_default()
-                    + &std::fs::read_to_string(out).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                eprintln!("--- member{i} (last lines)");
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
+        if std::thread::panicking() && !self.keep_logs {
+            // What Patroni said is the way to tell why a test failed (a
+            // timeout here has put it in its panic message already).
+            self.keep_logs = true;
+            eprintln!("{}", self.logs());
         }
         for i in 0..self.members.len() {
             self.kill(i);
         }
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", self.etcd.id())])
-            .status();
+        kill_group(&self.etcd.id().to_string());
         let _ = self.etcd.wait();
+        if self.keep_logs {
+            // The data folders go; the logs and configurations stay.
+            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            self.dir.disable_cleanup(true);
+            eprintln!("Patroni logs kept in {}", self.dir.path().display());
+        }
     }
 }
 

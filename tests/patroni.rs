@@ -25,13 +25,13 @@ async fn writes_again(load: &WriteLoad, since: Instant, what: &str) {
 
 /// Stops the load; checks every failure was transient and every
 /// acknowledged write is on `leader`; returns how long after `since` every
-/// task wrote again, and the counts.
+/// task wrote again, and the counts: acknowledged, failed, lost (none).
 async fn settle(
     cluster: &Patroni,
     load: WriteLoad,
     leader: usize,
     since: Instant,
-) -> (Duration, usize, usize) {
+) -> (Duration, usize, usize, usize) {
     let (acknowledged, failures) = load.stop().await;
     for failure in &failures {
         assert!(
@@ -43,7 +43,7 @@ async fn settle(
     let lost = missing(&acknowledged, &stored);
     assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
     let slowest = every_task_wrote_again(&acknowledged, TASKS, since);
-    (slowest, acknowledged.len(), failures.len())
+    (slowest, acknowledged.len(), failures.len(), lost.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,9 +82,9 @@ async fn the_pool_follows_patroni_through_a_switchover_and_a_killed_leader() {
         "the same manager writes after the switchover",
     )
     .await;
-    let (slowest, written, failed) = settle(&cluster, load, candidate, switched).await;
+    let (slowest, written, failed, lost) = settle(&cluster, load, candidate, switched).await;
     println!(
-        "switchover: patronictl took {patroni_took:?}; every task wrote again {slowest:?} after it returned; {written} writes acknowledged, {failed} failed"
+        "switchover: patronictl took {patroni_took:?}; every task wrote again {slowest:?} after it returned; {written} writes acknowledged, {failed} failed, {lost} acknowledged lost"
     );
     assert!(slowest < Duration::from_secs(10), "{slowest:?}");
 
@@ -105,9 +105,9 @@ async fn the_pool_follows_patroni_through_a_switchover_and_a_killed_leader() {
         "the same manager writes to the new leader",
     )
     .await;
-    let (slowest, written, failed) = settle(&cluster, load, new_leader, killed).await;
+    let (slowest, written, failed, lost) = settle(&cluster, load, new_leader, killed).await;
     println!(
-        "leader killed: Patroni elected a new leader {patroni_took:?} after the kill; every task wrote again {slowest:?} after the kill ({:?} after the new leader); {written} writes acknowledged, {failed} failed",
+        "leader killed: Patroni elected a new leader {patroni_took:?} after the kill; every task wrote again {slowest:?} after the kill ({:?} after the new leader); {written} writes acknowledged, {failed} failed, {lost} acknowledged lost",
         slowest.saturating_sub(patroni_took),
     );
     // Within Patroni's own switch time plus a few seconds of reconnects.

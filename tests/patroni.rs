@@ -94,7 +94,8 @@ async fn the_pool_follows_patroni_through_a_switchover_and_a_killed_leader() {
     tokio::task::block_in_place(|| cluster.wait_for_replicas(&others, Duration::from_secs(60)));
     let load = WriteLoad::start(&db, TASKS);
     writes_again(&load, Instant::now(), "the load runs on the leader").await;
-    cluster.kill(leader);
+    // Patroni and every PostgreSQL process of the leader gone at once.
+    tokio::task::block_in_place(|| cluster.kill(leader));
     let killed = Instant::now();
     let (new_leader, patroni_took) = tokio::task::block_in_place(|| {
         cluster.wait_for_leader(Some(leader), Duration::from_secs(60))

@@ -108,12 +108,31 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// The process group of a running process (`/proc/<pid>/stat`: the third
-/// field after the command name).
-fn process_group(pid: &str) -> Option<String> {
+/// `/proc/<pid>/stat` after the command name: state, parent, group, ...
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(2).map(str::to_string)
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether a process runs (a zombie does not: it serves nothing).
+fn alive(pid: &str) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|child| {
+            stat_fields(child).is_some_and(|f| f.get(1).map(String::as_str) == Some(pid))
+        })
+        .collect()
 }
 
 fn kill_group(group: &str) {
@@ -123,21 +142,11 @@ fn kill_group(group: &str) {
         .status();
 }
 
-/// `kill -9` of the PostgreSQL serving `data`: its postmaster and the
-/// session Patroni started it in (its backends).
-fn kill_postmaster(data: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
-        && let Some(pid) = pid.lines().next()
-    {
-        let pid = pid.trim();
-        if let Some(group) = process_group(pid) {
-            kill_group(&group);
-        }
-        let _ = Command::new("kill")
-            .args(["-9", pid])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// The pid in `data`'s `postmaster.pid`, if PostgreSQL runs there.
+fn postmaster(data: &Path) -> Option<String> {
+    let pid = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid = pid.lines().next()?.trim().to_string();
+    alive(&pid).then_some(pid)
 }
 
 impl Patroni {
@@ -412,14 +421,52 @@ impl Patroni {
         }
     }
 
-    /// `kill -9` of a member's Patroni and its PostgreSQL (its process
-    /// group), as a crashed host would.
+    /// `kill -9` of a member's Patroni (its process group) and all of its
+    /// PostgreSQL at once, as a crashed host would; returns once none of
+    /// them runs (bounded: 10 s). Each backend runs in a session of its
+    /// own, so the postmaster is stopped first (it forks no more) and its
+    /// children are killed with it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].process.take() {
-            kill_group(&child.id().to_string());
+        if !self.kill_member(i) {
+            self.fail(&format!(
+                "member{i}'s PostgreSQL still runs 10 s after kill -9"
+            ));
+        }
+    }
+
+    /// As [`Patroni::kill`]; whether every process went (for `Drop`, which
+    /// must not panic).
+    fn kill_member(&mut self, i: usize) -> bool {
+        let mut targets = Vec::new();
+        let postmaster = postmaster(&self.dir.path().join(format!("data{i}")));
+        if let Some(pid) = &postmaster {
+            let _ = Command::new("kill").args(["-STOP", pid]).status();
+            targets.extend(children(pid));
+            targets.push(pid.clone());
+        }
+        let patroni = self.members[i].process.take();
+        if let Some(child) = &patroni {
+            targets.push(format!("-{}", child.id()));
+        }
+        if !targets.is_empty() {
+            let _ = Command::new("kill")
+                .args(["-9", "--"])
+                .args(&targets)
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut child) = patroni {
             let _ = child.wait();
         }
-        kill_postmaster(&self.dir.path().join(format!("data{i}")));
+        let started = Instant::now();
+        let pids: Vec<&String> = targets.iter().filter(|t| !t.starts_with('-')).collect();
+        while pids.iter().any(|pid| alive(pid)) {
+            if started.elapsed() >= Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// A planned switchover to `candidate` (`patronictl switchover`),
@@ -472,7 +519,7 @@ impl Drop for Patroni {
             eprintln!("{}", self.logs());
         }
         for i in 0..self.members.len() {
-            self.kill(i);
+            self.kill_member(i);
         }
         kill_group(&self.etcd.id().to_string());
         let _ = self.etcd.wait();

@@ -11,6 +11,8 @@
 //! - [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of a
 //!   server ([`PgBouncer`]).
 //! - [`migrations`]: migration folders, catalog dumps and history reads.
+//! - [`patroni`]: a three-member Patroni cluster with etcd, for failover;
+//!   [`ports`]: ports reserved outside the ephemeral range ([`ReservedPort`]).
 //! - [`load`]: a write load that records what the server acknowledged.
 //! - [`proxy`]: TCP proxies between a client and a server; [`blackhole`]:
 //!   flows whose peer vanishes (packets dropped by the kernel).
@@ -32,7 +34,9 @@ pub mod logs;
 pub mod metrics;
 pub mod migrations;
 pub mod mongo;
+pub mod patroni;
 pub mod pgbouncer;
+pub mod ports;
 pub mod postgres;
 pub mod proxy;
 pub mod retries;
@@ -49,7 +53,9 @@ pub use logs::*;
 pub use metrics::*;
 pub use migrations::*;
 pub use mongo::*;
+pub use patroni::Patroni;
 pub use pgbouncer::*;
+pub use ports::ReservedPort;
 pub use postgres::*;
 pub use proxy::*;
 pub use retries::*;

@@ -162,6 +162,47 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_too_many_bytes_behind_gets_no_reads() {
+    let primary = PgCluster::start_new("bytes-pw");
+    let standby = primary.standby();
+    primary.psql("CREATE TABLE t (id bigint PRIMARY KEY)");
+    standby.wait_for_sql("SELECT to_regclass('t') IS NOT NULL", "t");
+    let mut config = config(&primary, &[standby.url("postgres")]);
+    // Time alone would keep it: only the bytes behind decide here.
+    config.postgres.replicas.max_lag = Duration::from_secs(3600);
+    config.postgres.replicas.max_lag_bytes = Some(64 * 1024);
+    let db = support::build(config).await;
+    let pg = db.postgres().unwrap();
+    wait_for_replica(&db, "the replica is routable", |r| r.routable).await;
+
+    standby.psql("SELECT pg_wal_replay_pause()");
+    primary.psql("INSERT INTO t SELECT generate_series(1, 10000)");
+    wait_for_replica(&db, "the paused replica is past max_lag_bytes", |r| {
+        !r.routable && r.lag_bytes.is_some_and(|bytes| bytes > 64 * 1024)
+    })
+    .await;
+    let behind = replica_health(&db).await.remove(0);
+    assert!(
+        behind.error.as_deref().unwrap().contains("max_lag_bytes"),
+        "{behind:?}"
+    );
+    let r = pg.replica().get().await.unwrap();
+    assert_eq!(
+        server_port(&r).await,
+        primary.port,
+        "fallback to the primary"
+    );
+    drop(r);
+
+    standby.psql("SELECT pg_wal_replay_resume()");
+    wait_for_replica(&db, "the replica caught up", |r| r.routable).await;
+    let r = pg.replica().get().await.unwrap();
+    assert_eq!(server_port(&r).await, standby.port);
+    drop(r);
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkouts_go_to_the_least_busy_replica() {
     let primary = PgCluster::start_new("busy-pw");
     let first = primary.standby();

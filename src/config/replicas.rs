@@ -36,6 +36,12 @@ pub struct PostgresReplicasConfig {
     /// checkouts until it catches up. Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub max_lag: Duration,
+    /// A replica whose replay is more than this many bytes of WAL behind
+    /// the primary's position gets no new checkouts (judged when the
+    /// primary answers the check). The time lag cannot see WAL not yet
+    /// received: a replica that replayed all it received counts as 0 s
+    /// behind however far its receiver trails. Default: none.
+    pub max_lag_bytes: Option<u64>,
     /// What `replica().get()` does when no replica can serve (all down or
     /// lagging, or none configured). Default: `primary`.
     pub fallback: ReplicaFallback,
@@ -57,6 +63,7 @@ impl Default for PostgresReplicasConfig {
             urls: Vec::new(),
             hosts: Vec::new(),
             max_lag: Duration::from_secs(10),
+            max_lag_bytes: None,
             fallback: ReplicaFallback::Primary,
             check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_secs(2),
@@ -101,6 +108,12 @@ impl PostgresReplicasConfig {
             }
         }
         positive("postgres.replicas.max_lag", self.max_lag, p);
+        if self.max_lag_bytes == Some(0) {
+            p.push(
+                "postgres.replicas.max_lag_bytes",
+                "must be at least 1 (a replica is never exactly at the primary's position while it writes)",
+            );
+        }
         positive("postgres.replicas.check_interval", self.check_interval, p);
         positive("postgres.replicas.check_timeout", self.check_timeout, p);
     }

@@ -401,6 +401,35 @@ impl Patroni {
         )
     }
 
+    /// Member `i`'s PostgreSQL port.
+    pub fn pg_port(&self, i: usize) -> u16 {
+        self.members[i].pg_port.get()
+    }
+
+    /// Member `i` as `host:port`, for `postgres.replicas.hosts`.
+    pub fn host(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.pg_port(i))
+    }
+
+    /// Member `i`'s replication lag in bytes as Patroni's REST API
+    /// (`/cluster`) reports it, asked of any member that answers; `None`
+    /// for the leader and when no member answers.
+    pub fn patroni_lag(&self, i: usize) -> Option<u64> {
+        let name = format!("member{i}");
+        (0..self.members.len()).find_map(|asked| {
+            let (status, body) = rest_get(self.members[asked].api_port.get(), "/cluster")?;
+            if status != 200 {
+                return None;
+            }
+            let cluster: serde_json::Value = serde_json::from_str(&body).ok()?;
+            cluster["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == name.as_str())
+                .and_then(|m| m["lag"].as_u64())
+        })
+    }
+
     /// The member Patroni's REST API calls the leader, if any.
     pub fn leader(&self) -> Option<usize> {
         (0..self.members.len()).find(|&i| self.api_status(i, "/leader") == Some(200))

@@ -58,14 +58,92 @@ pub(crate) enum Observation {
     },
 }
 
+/// How far behind a replica may be and still take checkouts
+/// (`postgres.replicas.max_lag`, `max_lag_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_lag: Duration,
+    pub max_bytes: Option<u64>,
+}
+
+/// Why a replica takes no checkouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unroutable<'a> {
+    NotChecked,
+    /// Its check failed: why.
+    Down(&'a str),
+    /// Out of recovery: a primary.
+    Primary,
+    /// Nothing replayed yet and not caught up.
+    LagUnknown,
+    Behind {
+        lag: Duration,
+        max: Duration,
+    },
+    BytesBehind {
+        bytes: u64,
+        max: u64,
+    },
+}
+
+impl std::fmt::Display for Unroutable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unroutable::NotChecked => f.write_str("not checked yet"),
+            Unroutable::Down(error) => f.write_str(error),
+            Unroutable::Primary => f.write_str(
+                "not in recovery: a primary (a promoted standby, or the current leader), which replica() does not read from",
+            ),
+            Unroutable::LagUnknown => f.write_str(
+                "replication lag unknown: nothing replayed yet and not caught up",
+            ),
+            Unroutable::Behind { lag, max } => write!(
+                f,
+                "{:.1} s behind, over postgres.replicas.max_lag ({max:?})",
+                lag.as_secs_f64()
+            ),
+            Unroutable::BytesBehind { bytes, max } => write!(
+                f,
+                "{bytes} WAL bytes behind the primary, over postgres.replicas.max_lag_bytes ({max})"
+            ),
+        }
+    }
+}
+
 impl Observation {
-    /// Whether checkouts may go to this replica under `max_lag`: a
-    /// standby (in recovery, as libpq's `target_session_attrs=standby`
-    /// means it) whose lag is known and within the limit. A server out of
+    /// Why checkouts may not go to this replica, or `None` when they may:
+    /// a standby (in recovery, as libpq's `target_session_attrs=standby`
+    /// means it) whose lag is known and within the limits. A server out of
     /// recovery is a primary (a promoted standby, or the leader among a
     /// cluster's members listed as replicas) and gets no replica reads.
-    pub fn is_routable(&self, max_lag: Duration) -> bool {
-        matches!(self, Observation::Answered { in_recovery: true, lag: Some(lag), .. } if *lag <= max_lag)
+    pub fn unroutable(&self, limits: Limits) -> Option<Unroutable<'_>> {
+        match self {
+            Observation::Unknown => Some(Unroutable::NotChecked),
+            Observation::Failed { error, .. } => Some(Unroutable::Down(error)),
+            Observation::Answered {
+                in_recovery: false, ..
+            } => Some(Unroutable::Primary),
+            Observation::Answered { lag: None, .. } => Some(Unroutable::LagUnknown),
+            Observation::Answered { lag: Some(lag), .. } if *lag > limits.max_lag => {
+                Some(Unroutable::Behind {
+                    lag: *lag,
+                    max: limits.max_lag,
+                })
+            }
+            Observation::Answered {
+                bytes_behind: Some(bytes),
+                ..
+            } => limits
+                .max_bytes
+                .filter(|max| bytes > max)
+                .map(|max| Unroutable::BytesBehind { bytes: *bytes, max }),
+            Observation::Answered { .. } => None,
+        }
+    }
+
+    /// Whether checkouts may go to this replica.
+    pub fn is_routable(&self, limits: Limits) -> bool {
+        self.unroutable(limits).is_none()
     }
 
     /// When it was made.
@@ -178,11 +256,32 @@ mod tests {
             replayed: None,
             bytes_behind: None,
         };
-        let limit = Duration::from_secs(10);
+        let max_lag = Duration::from_secs(10);
+        let limit = Limits {
+            max_lag,
+            max_bytes: None,
+        };
         assert!(answered(Some(Duration::from_secs(3))).is_routable(limit));
-        assert!(answered(Some(limit)).is_routable(limit));
+        assert!(answered(Some(max_lag)).is_routable(limit));
         assert!(!answered(Some(Duration::from_secs(11))).is_routable(limit));
         assert!(!answered(None).is_routable(limit));
+        let bytes = |behind| Observation::Answered {
+            at: Instant::now(),
+            latency: Duration::ZERO,
+            in_recovery: true,
+            lag: Some(Duration::ZERO),
+            replayed: Some(0),
+            bytes_behind: behind,
+        };
+        let byte_limit = Limits {
+            max_lag,
+            max_bytes: Some(1000),
+        };
+        assert!(bytes(Some(1000)).is_routable(byte_limit));
+        assert!(!bytes(Some(1001)).is_routable(byte_limit));
+        assert!(bytes(Some(1001)).is_routable(limit));
+        // The primary did not answer: the bytes are unknown, time decides.
+        assert!(bytes(None).is_routable(byte_limit));
         let promoted = Observation::Answered {
             at: Instant::now(),
             latency: Duration::ZERO,

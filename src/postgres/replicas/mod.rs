@@ -20,7 +20,7 @@ use crate::config::{PostgresConfig, PostgresReplicasConfig, ReplicaFallback};
 use crate::error::{Backend, Error, Result};
 use crate::health::{HealthStatus, ReplicaHealth};
 use crate::metrics::{self, PoolLabel};
-use lag::Observation;
+use lag::{Limits, Observation};
 
 /// The replicas of one primary.
 pub(crate) struct ReplicaSet {
@@ -48,13 +48,13 @@ impl Member {
         self.observed.lock().expect("replica state lock").clone()
     }
 
-    fn record(&self, observation: Observation, max_lag: Duration) {
+    fn record(&self, observation: Observation, limits: Limits) {
         let label = self.pool.label();
         match &observation {
             Observation::Answered {
                 lag, bytes_behind, ..
             } => {
-                metrics::replica_state(label, observation.is_routable(max_lag), *lag, *bytes_behind)
+                metrics::replica_state(label, observation.is_routable(limits), *lag, *bytes_behind)
             }
             _ => metrics::replica_state(label, false, None, None),
         }
@@ -66,11 +66,11 @@ impl Member {
         }
     }
 
-    fn is_routable(&self, max_lag: Duration) -> bool {
+    fn is_routable(&self, limits: Limits) -> bool {
         self.observed
             .lock()
             .expect("replica state lock")
-            .is_routable(max_lag)
+            .is_routable(limits)
     }
 
     /// What checkouts compete with: connections in use and callers queued.
@@ -79,21 +79,12 @@ impl Member {
         status.in_use + status.waiting
     }
 
-    fn describe(&self, max_lag: Duration) -> String {
-        let state = match self.observed() {
-            Observation::Unknown => "not checked yet".to_string(),
-            Observation::Failed { error, .. } => format!("down ({error})"),
-            Observation::Answered {
-                in_recovery: false, ..
-            } => "not in recovery (a primary)".into(),
-            Observation::Answered { lag: None, .. } => "lag unknown (nothing replayed yet)".into(),
-            Observation::Answered { lag: Some(lag), .. } if lag > max_lag => {
-                format!(
-                    "{:.1} s behind, over max_lag {max_lag:?}",
-                    lag.as_secs_f64()
-                )
-            }
-            Observation::Answered { .. } => "usable".into(),
+    /// `replica-1 (app@host:5432/app): why it takes no checkouts`.
+    fn describe(&self, limits: Limits) -> String {
+        let observed = self.observed();
+        let state = match observed.unroutable(limits) {
+            Some(reason) => reason.to_string(),
+            None => "usable".into(),
         };
         format!(
             "{} ({}): {state}",
@@ -161,7 +152,7 @@ impl ReplicaSet {
             {
                 *bytes_behind = Some(primary.saturating_sub(*replayed));
             }
-            member.record(observation, self.settings.max_lag);
+            member.record(observation, self.limits());
         }
     }
 
@@ -174,8 +165,8 @@ impl ReplicaSet {
     /// and `connect_timeout`. A replica that is down fails nothing.
     pub(crate) async fn warm_up(&self) {
         self.first_round().await;
-        let max_lag = self.settings.max_lag;
-        let usable = self.members.iter().filter(|m| m.is_routable(max_lag));
+        let limits = self.limits();
+        let usable = self.members.iter().filter(|m| m.is_routable(limits));
         futures_util::future::join_all(usable.map(|m| m.pool.warm_up())).await;
     }
 
@@ -211,7 +202,7 @@ impl ReplicaSet {
     /// rather than report replicas nobody has looked at.
     pub(crate) async fn health(&self, wait: Duration) -> Vec<ReplicaHealth> {
         let _ = tokio::time::timeout(wait, self.first_round()).await;
-        let max_lag = self.settings.max_lag;
+        let limits = self.limits();
         self.members
             .iter()
             .map(|member| {
@@ -221,57 +212,48 @@ impl ReplicaSet {
                 super::maintenance::record_gauges(member.pool.label(), &status);
                 let mut health =
                     ReplicaHealth::new(member.pool.label().pool, member.pool.target(), status);
-                health.routable = observed.is_routable(max_lag);
-                health.checked_ms_ago = observed
-                    .at()
-                    .map(|at| at.elapsed().as_secs_f64() * 1000.0);
-                match observed {
-                    Observation::Unknown => {
-                        health.error = Some("not checked yet".into());
-                    }
-                    Observation::Failed { error, .. } => health.error = Some(error),
-                    Observation::Answered {
-                        latency,
-                        in_recovery,
-                        lag,
-                        bytes_behind,
-                        ..
-                    } => {
-                        health.status = if health.routable {
-                            HealthStatus::Up
-                        } else {
-                            HealthStatus::Degraded
-                        };
-                        health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
-                        health.in_recovery = Some(in_recovery);
-                        health.lag_ms = lag.map(|lag| lag.as_secs_f64() * 1000.0);
-                        health.lag_bytes = bytes_behind;
-                        if !in_recovery {
-                            health.error = Some("not in recovery: a primary (a promoted standby, or the current leader), which replica() does not read from".into());
-                        } else if !health.routable {
-                            health.error = Some(match lag {
-                                Some(lag) => format!(
-                                    "{:.1} s behind, over postgres.replicas.max_lag ({max_lag:?})",
-                                    lag.as_secs_f64()
-                                ),
-                                None => "replication lag unknown: nothing replayed yet and not caught up".into(),
-                            });
-                        }
-                    }
+                let unroutable = observed.unroutable(limits);
+                health.routable = unroutable.is_none();
+                health.error = unroutable.map(|reason| reason.to_string());
+                health.checked_ms_ago = observed.at().map(|at| at.elapsed().as_secs_f64() * 1000.0);
+                if let Observation::Answered {
+                    latency,
+                    in_recovery,
+                    lag,
+                    bytes_behind,
+                    ..
+                } = observed
+                {
+                    health.status = if health.routable {
+                        HealthStatus::Up
+                    } else {
+                        HealthStatus::Degraded
+                    };
+                    health.latency_ms = Some(latency.as_secs_f64() * 1000.0);
+                    health.in_recovery = Some(in_recovery);
+                    health.lag_ms = lag.map(|lag| lag.as_secs_f64() * 1000.0);
+                    health.lag_bytes = bytes_behind;
                 }
                 health
             })
             .collect()
     }
 
+    fn limits(&self) -> Limits {
+        Limits {
+            max_lag: self.settings.max_lag,
+            max_bytes: self.settings.max_lag_bytes,
+        }
+    }
+
     /// The least busy routable replica not yet tried, if any.
     fn pick(&self, tried: &[bool]) -> Option<usize> {
         let count = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        let max_lag = self.settings.max_lag;
+        let limits = self.limits();
         (0..count)
             .map(|offset| (start + offset) % count)
-            .filter(|&i| !tried[i] && self.members[i].is_routable(max_lag))
+            .filter(|&i| !tried[i] && self.members[i].is_routable(limits))
             .min_by_key(|&i| self.members[i].load())
     }
 }
@@ -383,18 +365,18 @@ impl<'a> ReadReplicas<'a> {
                                 at: Instant::now(),
                                 error: error.to_string(),
                             },
-                            set.settings.max_lag,
+                            set.limits(),
                         );
                     }
                     Err(other) => return Err(other),
                 }
             }
             let left = wait.saturating_sub(started.elapsed());
-            let max_lag = set.settings.max_lag;
+            let limits = set.limits();
             fallback(primary, Some(set), left, caller, || {
                 set.members
                     .iter()
-                    .map(|m| m.describe(max_lag))
+                    .map(|m| m.describe(limits))
                     .collect::<Vec<_>>()
                     .join("; ")
             })
@@ -413,15 +395,12 @@ impl<'a> ReadReplicas<'a> {
         self.len() == 0
     }
 
-    /// How many replicas can take checkouts now: up at their last check
-    /// and within `max_lag`.
+    /// How many replicas can take checkouts now: standbys that answered
+    /// their last check within `max_lag` (and `max_lag_bytes`).
     pub fn routable(&self) -> usize {
         self.set.map_or(0, |set| {
-            let max_lag = set.settings.max_lag;
-            set.members
-                .iter()
-                .filter(|m| m.is_routable(max_lag))
-                .count()
+            let limits = set.limits();
+            set.members.iter().filter(|m| m.is_routable(limits)).count()
         })
     }
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use crate::config::scrub;
 use crate::error::Error;
 use crate::postgres::PostgresPool;
-use crate::postgres::statements::first_row_text;
 
 /// The replica's state, replay lag in seconds, and replay position.
 ///
@@ -158,16 +157,12 @@ impl Observation {
 /// Checks one replica within `timeout`.
 pub(crate) async fn check(pool: &PostgresPool, timeout: Duration) -> Observation {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(timeout, async {
-        let client = pool.get_timeout(timeout).await?;
-        first_row_text(&client, pool.statement_cache(), REPLICA_STATE)
-            .await
-            .map_err(|e| Error::postgres("checking a replica", e))
-    })
-    .await;
+    let outcome = pool
+        .first_row_within(timeout, "checking a replica", REPLICA_STATE)
+        .await;
     let at = Instant::now();
     match outcome {
-        Ok(Ok(row)) => {
+        Some(Ok(row)) => {
             let mut columns = row.into_iter();
             let in_recovery = columns.next().flatten().as_deref() != Some("false");
             let lag = columns
@@ -188,7 +183,7 @@ pub(crate) async fn check(pool: &PostgresPool, timeout: Duration) -> Observation
                 bytes_behind: None,
             }
         }
-        Ok(Err(error)) => {
+        Some(Err(error)) => {
             let waited = matches!(error, Error::PoolTimeout { .. });
             let error = scrub(&error.to_string(), pool.secrets());
             let error = match waited {
@@ -199,7 +194,7 @@ pub(crate) async fn check(pool: &PostgresPool, timeout: Duration) -> Observation
             };
             Observation::Failed { at, error }
         }
-        Err(_) => Observation::Failed {
+        None => Observation::Failed {
             at,
             error: format!("no answer within postgres.replicas.check_timeout ({timeout:?})"),
         },
@@ -209,20 +204,19 @@ pub(crate) async fn check(pool: &PostgresPool, timeout: Duration) -> Observation
 /// The primary's WAL position, or `None` when it does not answer within
 /// `timeout` (replicas are still checked and routed by time lag).
 pub(crate) async fn primary_position(primary: &PostgresPool, timeout: Duration) -> Option<u64> {
-    tokio::time::timeout(timeout, async {
-        let client = primary.get_timeout(timeout).await.ok()?;
-        let row = first_row_text(&client, primary.statement_cache(), PRIMARY_POSITION)
-            .await
-            .ok()?;
-        row.into_iter()
-            .next()
-            .flatten()
-            .as_deref()
-            .and_then(parse_lsn)
-    })
-    .await
-    .ok()
-    .flatten()
+    let row = primary
+        .first_row_within(
+            timeout,
+            "reading the primary's WAL position",
+            PRIMARY_POSITION,
+        )
+        .await?
+        .ok()?;
+    row.into_iter()
+        .next()
+        .flatten()
+        .as_deref()
+        .and_then(parse_lsn)
 }
 
 /// A `pg_lsn` in its text form (`16/B374D848`: two hexadecimal halves) as

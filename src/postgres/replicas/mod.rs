@@ -338,7 +338,7 @@ impl<'a> ReadReplicas<'a> {
         async move {
             let started = Instant::now();
             let Some(set) = set else {
-                return fallback(primary, None, wait, caller, || {
+                return fallback(primary, wait, caller, || {
                     "no read replica is configured (postgres.replicas)".into()
                 })
                 .await;
@@ -373,7 +373,7 @@ impl<'a> ReadReplicas<'a> {
             }
             let left = wait.saturating_sub(started.elapsed());
             let limits = set.limits();
-            fallback(primary, Some(set), left, caller, || {
+            fallback(primary, left, caller, || {
                 set.members
                     .iter()
                     .map(|m| m.describe(limits))
@@ -417,12 +417,10 @@ impl std::fmt::Debug for ReadReplicas<'_> {
 /// No replica could serve: the primary, or [`Error::NoReplica`].
 async fn fallback(
     primary: &PostgresPool,
-    set: Option<&Arc<ReplicaSet>>,
     wait: Duration,
     caller: &'static Location<'static>,
     why: impl FnOnce() -> String,
 ) -> Result<PooledConnection> {
-    let _ = set;
     match primary.replica_fallback() {
         ReplicaFallback::Primary => primary.acquire(caller, Some(wait)).await,
         ReplicaFallback::Error => Err(Error::NoReplica { reason: why() }),

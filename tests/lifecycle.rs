@@ -184,7 +184,13 @@ async fn connections_beyond_max_idle_are_closed_when_returned() {
     let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
     assert_eq!(pool.status().open, 5);
     drop(held);
-    assert_eq!(pool.status().open, 2, "the overflow went away on return");
+    // A return settles off the caller's path when the connection's task is
+    // busy at that moment (it may still be writing what it was given).
+    assert!(
+        eventually(Duration::from_secs(10), async || pool.status().open == 2).await,
+        "the overflow went away on return: {}",
+        pool.status()
+    );
     assert_eq!(pool.stats().closed_excess, 3);
     manager.shutdown().await.unwrap();
 }

@@ -231,6 +231,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server rolled the transaction back although its closure
+    /// returned `Ok`: a statement inside failed and the closure went on
+    /// (the error swallowed, or a statement run with `simple_query` whose
+    /// error was ignored), so PostgreSQL answered `COMMIT` with `ROLLBACK`.
+    /// Nothing of the transaction was kept. Rerun by the helper only when
+    /// the first error was a serialization failure or deadlock.
+    #[error("{backend} transaction rolled back by the server although its closure returned Ok: {}", first_error_text(.sqlstate.as_deref(), .message.as_deref()))]
+    TransactionRolledBack {
+        /// The database.
+        backend: Backend,
+        /// The SQLSTATE of the first error the server reported in the
+        /// transaction, when known.
+        sqlstate: Option<String>,
+        /// That error's message (secrets scrubbed), when known.
+        message: Option<String>,
+    },
+
     /// A transaction closure gave up with an error of its own
     /// ([`Error::abort`]): the transaction was rolled back. The error is
     /// kept for [`Error::aborted`] to hand back.
@@ -336,6 +353,7 @@ impl Error {
             #[cfg(feature = "migrate")]
             Error::Migrate(error) => error.sqlstate(),
             Error::TransactionRetriesExhausted { last, .. } => last.sqlstate(),
+            Error::TransactionRolledBack { sqlstate, .. } => sqlstate.as_deref(),
             _ => None,
         }
     }
@@ -409,5 +427,15 @@ impl Error {
             what,
             error: Box::new(error),
         }
+    }
+}
+
+/// The first error of a rolled-back transaction, for its message.
+fn first_error_text(sqlstate: Option<&str>, message: Option<&str>) -> String {
+    match (sqlstate, message) {
+        (Some(code), Some(message)) => format!("the first error was {message} (SQLSTATE {code})"),
+        (Some(code), None) => format!("the first error had SQLSTATE {code}"),
+        (None, Some(message)) => format!("the first error was {message}"),
+        (None, None) => "the first error is not known".to_string(),
     }
 }

@@ -11,7 +11,8 @@ use deadpool::managed::Object;
 use deadpool_postgres::ClientWrapper;
 use tokio::task::JoinHandle;
 
-use super::recycler::{PgConnection, PgManager};
+use super::recycler::PgManager;
+use super::reuse::{self, NotReusable};
 use super::shared::Shared;
 use crate::config::StatementCache;
 use crate::metrics::{self, CloseReason};
@@ -81,6 +82,25 @@ impl PooledConnection {
             .expect("a pooled connection is present until dropped")
             .canceller
             .clone()
+    }
+
+    /// After a `COMMIT` this connection sent: whether the server answered
+    /// it with `ROLLBACK` (the transaction had failed), with the first error
+    /// it reported in that transaction, secrets scrubbed.
+    pub(crate) fn commit_rolled_back(&self) -> Option<crate::error::Error> {
+        let object = self
+            .object
+            .as_ref()
+            .expect("a pooled connection is present until dropped");
+        let first = object.tap.rolled_back()?;
+        let shared = &object.shared;
+        Some(crate::error::Error::TransactionRolledBack {
+            backend: crate::error::Backend::Postgres,
+            sqlstate: first.as_ref().and_then(|e| e.code.clone()),
+            message: first
+                .and_then(|e| e.message)
+                .map(|m| crate::config::scrub(&m, &shared.secrets)),
+        })
     }
 
     /// Closes the connection instead of returning it to the pool, for a
@@ -211,11 +231,11 @@ impl Drop for PooledConnection {
             object.client.statement_cache.clear();
             object.client.clear_type_cache();
         }
-        // A request still in flight means the caller dropped a query's
-        // future (or an uncommitted `Transaction`, whose ROLLBACK
-        // tokio-postgres sends without waiting): that is settled, and the
-        // hook run, off the caller's path, before the connection goes back.
-        if (object.tap.in_flight() > 0 || shared.hooks.on_checkin.is_some())
+        // Work the caller left queued or unanswered (a dropped query future,
+        // an uncommitted `Transaction`'s ROLLBACK, a statement's Close), a
+        // transaction block left open, a failed COPY: settled, and the hook
+        // run, off the caller's path, before the connection goes back.
+        if (!reuse::is_ready_now(object) || shared.hooks.on_checkin.is_some())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let object = self.object.take().expect("checked above");
@@ -232,10 +252,16 @@ impl Drop for PooledConnection {
     }
 }
 
-/// The return of a connection that needs awaiting: its abandoned work
-/// settled, then the `on_checkin` hook.
+/// The return of a connection that needs awaiting: made ready for the next
+/// caller within `recycle_timeout` (else closed), then the `on_checkin`
+/// hook.
 async fn check_in(object: Object<PgManager>) {
-    if !settle(&object).await {
+    let limit = object.shared.settings.recycle_timeout;
+    if let Err(why) = reuse::make_ready(&object, limit).await {
+        if why == NotReusable::TimedOut {
+            tracing::warn!(target: "dbmanager::postgres", timeout_ms = limit.as_millis() as u64, "closing a returned connection whose abandoned work did not end within recycle_timeout");
+        }
+        object.shared.closed(why.close_reason(), 1);
         drop(Object::take(object));
         return;
     }
@@ -249,50 +275,6 @@ async fn check_in(object: Object<PgManager>) {
         return;
     }
     return_or_close(object);
-}
-
-/// Waits, within `recycle_timeout`, until no request is in flight on a
-/// returned connection. A request other than housekeeping (a roll-back,
-/// closing a statement) or one the server has finished is work its
-/// caller abandoned: it is cancelled on the server first, so the
-/// connection is free again in milliseconds rather than when the statement
-/// would have ended. Returns whether the connection can go back (when not,
-/// it is counted closed and the caller closes it).
-///
-/// The cancel cannot hit a later caller's statement: the connection goes
-/// back only after the cancel request has been delivered and the abandoned
-/// request answered, and PostgreSQL ignores a cancel that reaches a backend
-/// waiting for its next command.
-async fn settle(object: &PgConnection) -> bool {
-    let tap = &object.tap;
-    if tap.in_flight() == 0 {
-        return true;
-    }
-    let shared = &object.shared;
-    let limit = shared.settings.recycle_timeout;
-    let settled = async {
-        if !tap.only_housekeeping_in_flight() && !tap.finishing() {
-            tracing::info!(target: "dbmanager::postgres", "a connection came back with its statement still running (its caller stopped waiting); cancelling the statement");
-            shared
-                .counters
-                .abandoned_cancelled
-                .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = object.canceller.cancel().await {
-                tracing::debug!(target: "dbmanager::postgres", error = %e, "the cancel request failed");
-            }
-        }
-        tap.settle().await;
-    };
-    if tokio::time::timeout(limit, settled).await.is_ok() {
-        if tap.ended() {
-            shared.closed(CloseReason::Broken, 1);
-            return false;
-        }
-        return true;
-    }
-    tracing::warn!(target: "dbmanager::postgres", timeout_ms = limit.as_millis() as u64, "closing a returned connection whose abandoned work did not end within recycle_timeout");
-    shared.closed(CloseReason::Abandoned, 1);
-    false
 }
 
 /// Returns a connection to the pool, or closes it when the pool already

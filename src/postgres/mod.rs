@@ -12,8 +12,10 @@ mod multiplex;
 mod open;
 mod pool;
 mod probe;
+mod protocol;
 mod recycler;
 mod replicas;
+mod reuse;
 mod shared;
 mod statements;
 #[cfg(feature = "tls")]

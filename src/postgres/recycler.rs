@@ -6,7 +6,6 @@
 //! shutdown, and counters for every connection opened and closed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
@@ -15,8 +14,9 @@ use deadpool_postgres::ClientWrapper;
 use super::connect::Driver;
 use super::credentials::secrets_of;
 use super::open::{Canceller, Opened, open};
+use super::reuse::{self, NotReusable};
 use super::shared::{LiveConnection, Shared};
-use super::wire_tap::{Tap, TransactionStatus};
+use super::wire_tap::{Tap, Watched};
 use crate::config::RecyclingMethod;
 use crate::error::Error;
 use crate::metrics::CloseReason;
@@ -113,6 +113,7 @@ impl Manager for PgManager {
         } = opened;
         let live = LiveConnection::new(self.shared.clone(), canceller.clone());
         let id = live.id();
+        let connection = Watched::new(connection, tap.clone());
         let task = tokio::spawn(async move {
             let _live = live;
             if let Err(e) = connection.await {
@@ -195,17 +196,26 @@ pub(crate) async fn check_out(
         return Checked::Discard;
     }
     let mut budget = budget;
-    let tap = &conn.tap;
-    if tap.in_flight() > 0
-        || tap.ended()
-        || tap.transaction_status() != TransactionStatus::Idle
-        || tap.refused_write()
-    {
+    if !reuse::is_ready_now(conn) {
+        // Normally settled on return (`connection.rs`); here when the
+        // return could not wait (no runtime) or something came after it.
         let began = Instant::now();
-        if let Some(checked) = restore(conn, budget).await {
-            return checked;
+        let limit = shared.settings.recycle_timeout.min(budget);
+        match reuse::make_ready(conn, limit).await {
+            Ok(()) => {}
+            Err(NotReusable::Broken) => {
+                shared.closed(CloseReason::Broken, 1);
+                return Checked::Discard;
+            }
+            Err(NotReusable::TimedOut) => return check_timed_out(shared, limit),
         }
         budget = budget.saturating_sub(began.elapsed());
+    }
+    if conn.tap.take_refused_write() && shared.require_writable {
+        let limit = shared.settings.recycle_timeout.min(budget);
+        if let Some(checked) = still_writable(conn, limit).await {
+            return checked;
+        }
     }
     let shared = &conn.shared;
     let settings = &shared.settings;
@@ -224,10 +234,30 @@ pub(crate) async fn check_out(
     };
     // Boxed: kept out of the checkout future, which every checkout moves,
     // when no check runs.
-    let check = Box::pin(conn.client.simple_query(sql));
+    // `clean` resets every session setting, `on_connect`'s too: the hook
+    // runs again after the reset, so every caller sees the session the hook
+    // made (docs/configuration.md).
+    let reapply = matches!(settings.recycling, RecyclingMethod::Clean)
+        .then_some(shared.hooks.on_connect.as_ref())
+        .flatten();
+    let check = Box::pin(async {
+        conn.client
+            .simple_query(sql)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(hook) = reapply {
+            hook.call(&conn.client).await.map_err(|e| {
+                format!(
+                    "on_connect after the reset: {}",
+                    crate::config::scrub(&e.to_string(), &shared.secrets)
+                )
+            })?;
+        }
+        Ok::<(), String>(())
+    });
     let limit = settings.recycle_timeout.min(budget);
     match tokio::time::timeout(limit, check).await {
-        Ok(Ok(_)) => Checked::Usable { verified: true },
+        Ok(Ok(())) => Checked::Usable { verified: true },
         Ok(Err(e)) => {
             tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection that failed its check");
             shared.closed(CloseReason::Broken, 1);
@@ -235,60 +265,6 @@ pub(crate) async fn check_out(
         }
         Err(_) => check_timed_out(shared, limit),
     }
-}
-
-/// A pooled connection that is not ready for a new caller: a request still
-/// in flight (work handed back before it ended, normally settled on
-/// return, see `connection.rs`), or a transaction block left open or
-/// failed (a manual `BEGIN` never ended, an early return before `COMMIT`).
-/// The first is closed, its statement cancelled; the second rolled back.
-/// `None` when the connection is ready now.
-async fn restore(conn: &mut PgConnection, budget: Duration) -> Option<Checked> {
-    let shared = &conn.shared;
-    let settings = &shared.settings;
-    let limit = settings.recycle_timeout.min(budget);
-    if conn.tap.in_flight() > 0 && (conn.tap.only_housekeeping_in_flight() || conn.tap.finishing())
-    {
-        // Answered in a moment (see `Tap::finishing`).
-        if tokio::time::timeout(limit, conn.tap.settle())
-            .await
-            .is_err()
-        {
-            return Some(check_timed_out(shared, limit));
-        }
-    }
-    if conn.tap.ended() {
-        shared.closed(CloseReason::Broken, 1);
-        return Some(Checked::Discard);
-    }
-    if conn.tap.in_flight() > 0 {
-        shared.closed(CloseReason::Abandoned, 1);
-        let canceller = conn.canceller.clone();
-        tokio::spawn(async move { canceller.cancel().await });
-        return Some(Checked::Discard);
-    }
-    if conn.tap.transaction_status() != TransactionStatus::Idle {
-        tracing::info!(target: "dbmanager::postgres", "a connection came back inside a transaction block; rolling it back before handing it out");
-        let rollback = Box::pin(conn.client.simple_query("ROLLBACK"));
-        match tokio::time::timeout(limit, rollback).await {
-            Ok(Ok(_)) => {
-                shared.counters.rolled_back.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                tracing::info!(target: "dbmanager::postgres", error = %e, "discarding a connection whose roll-back failed");
-                shared.closed(CloseReason::Broken, 1);
-                return Some(Checked::Discard);
-            }
-            Err(_) => return Some(check_timed_out(shared, limit)),
-        }
-    }
-    if conn.tap.refused_write() {
-        conn.tap.clear_refused_write();
-        if shared.require_writable {
-            return still_writable(conn, limit).await;
-        }
-    }
-    None
 }
 
 /// The server refused a write as read-only on a pool that asks for a

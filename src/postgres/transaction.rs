@@ -150,6 +150,10 @@ impl PostgresPool {
     ///
     /// - the closure's error, after the rollback, when it is not worth
     ///   retrying; a `COMMIT` refused by the server (a deferred constraint);
+    /// - [`Error::TransactionRolledBack`] when the closure returned `Ok`
+    ///   but a statement inside had failed, so the server rolled the
+    ///   transaction back at `COMMIT` (rerun when that first error was a
+    ///   serialization failure or deadlock);
     /// - [`Error::TransactionRetriesExhausted`] with the attempt count and
     ///   the last error, when every attempt conflicted or lost its
     ///   connection;
@@ -279,7 +283,13 @@ impl PostgresPool {
         match tx.commit().await {
             Ok(()) => {
                 connection.in_transaction = false;
-                Ok(value)
+                // A failed transaction's COMMIT succeeds as a message and
+                // rolls back: the server says so only in the tag.
+                match connection.commit_rolled_back() {
+                    None => Ok(value),
+                    Some(error) if is_conflict(&error) => Err(Failure::Retry(error)),
+                    Some(error) => Err(Failure::Fail(error)),
+                }
             }
             // The server answered: the transaction is over, rolled back.
             Err(e) if e.code().is_some() => {

@@ -1,282 +1,202 @@
-//! A byte tap under tokio-postgres: it reads the protocol's message framing
-//! as the bytes pass, and tells the pool what tokio-postgres does not
-//! expose — how many requests are still unanswered on a connection, and
-//! its transaction status (`I`dle, in a `T`ransaction, or in a failed one,
-//! `E`), from the server's last `ReadyForQuery`.
-//!
-//! Every request ends with exactly one `ReadyForQuery`: a simple `Query`,
-//! an extended-protocol batch ended by `Sync`, and the start-up message
-//! (authentication ends with one). So "requests written − `ReadyForQuery`
-//! read" is the number still in flight. The pool uses it to recognise a
-//! connection returned while a caller's abandoned statement still runs,
-//! and one returned inside a transaction (docs/decisions.md).
+//! A byte tap under tokio-postgres: every message the client writes and
+//! the server sends passes through the exact session model
+//! ([`super::protocol::Session`]), so the pool knows what a connection
+//! carries — requests unanswered, transaction status, a COPY left open —
+//! instead of guessing it.
 //!
 //! With TLS the tap sits twice: on the socket until the server accepts the
 //! `SSLRequest` (after which those bytes are ciphertext and it stops
 //! reading them), and above the TLS stream, where it reads the plaintext.
+//!
+//! The tap also watches the connection's task ([`Watched`]): a request a
+//! caller handed to tokio-postgres sits in the client's queue until that
+//! task writes it, and a caller whose future was dropped right after can
+//! return the connection before then. The task is polled with a waker of
+//! the tap's, so a request queued since the task last ran shows as
+//! [`Tap::is_quiet`] false: the pool waits for the task to run (no round
+//! trip) before it reads the session.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
+use super::protocol::{Framer, ServerError, Session, View};
+
 /// The start-up code of an `SSLRequest` (PostgreSQL protocol).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
-/// How much of a message body is kept: enough for `ROLLBACK` and the
-/// status byte of `ReadyForQuery`.
-const PREFIX: usize = 8;
-/// How much of a server's `ErrorResponse` is kept: its first fields
-/// (severity, severity again, SQLSTATE) fit well within it.
-const ERROR_PREFIX: usize = 64;
-/// `read_only_sql_transaction`: a write on a server that is read-only.
-const READ_ONLY_SQLSTATE: &[u8] = b"25006";
+/// The start-up code of a `GSSENCRequest`.
+const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 
-/// A connection's transaction status, from its last `ReadyForQuery`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TransactionStatus {
-    /// Not in a transaction block.
-    Idle,
-    /// Inside a transaction block.
-    InTransaction,
-    /// Inside a failed transaction block (statements are refused until it
-    /// ends).
-    Failed,
-}
+/// The connection's task is being polled.
+const POLLING: u8 = 1;
+/// Something woke the task since its last poll began (a request queued, a
+/// reply arrived, the socket became writable).
+const WOKEN: u8 = 2;
+/// The task's last write or flush could not complete: bytes wait in its
+/// buffer that the tap has not seen.
+const BLOCKED: u8 = 4;
 
-/// What the tap has seen on one connection; shared by the connection task
-/// (which writes it) and the pool (which reads it between checkouts).
-#[derive(Debug, Default)]
+/// What the tap knows of one connection; shared by the connection's task
+/// (which feeds it) and the pool (which reads it between checkouts).
+#[derive(Debug)]
 pub(crate) struct Tap {
-    /// Requests written: start-up, `Query` and `Sync` messages.
-    sent: AtomicU64,
-    /// `ReadyForQuery` messages read.
-    answered: AtomicU64,
-    /// The number (1-based, in `sent` order) of the last request that was
-    /// not housekeeping: requests after it are all housekeeping.
-    last_work: AtomicU64,
-    /// The status byte of the last `ReadyForQuery`.
-    status: AtomicU8,
-    /// The type of the last message read from the server.
-    last_reply: AtomicU8,
-    /// Set when the server refused a write because it is read-only
-    /// (SQLSTATE 25006): after a failover, the connection may be on a
-    /// demoted primary.
-    refused_write: AtomicBool,
-    /// Set when the server closed the connection (or reading or writing
-    /// failed): nothing in flight will be answered any more.
-    ended: AtomicBool,
-    /// Woken when the last request in flight is answered, or on the end.
-    settled: Notify,
+    session: Mutex<Session>,
+    /// `POLLING | WOKEN | BLOCKED`: all clear when everything handed to the
+    /// client has been written and the task has nothing left to do.
+    task: AtomicU8,
+    /// The task's own waker, which the tap's waker passes wake-ups on to.
+    task_waker: AtomicWaker,
+    /// Woken at the end of every poll of the task, and when it ends.
+    changed: Notify,
 }
 
 impl Tap {
     pub fn new() -> Arc<Self> {
         Arc::new(Tap {
-            status: AtomicU8::new(b'I'),
-            ..Tap::default()
+            session: Mutex::new(Session::new()),
+            task: AtomicU8::new(0),
+            task_waker: AtomicWaker::new(),
+            changed: Notify::new(),
         })
     }
 
-    /// Requests written but not yet answered.
-    pub fn in_flight(&self) -> u64 {
-        // `answered` first: read later, `sent` can only be larger.
-        let answered = self.answered.load(Ordering::Acquire);
-        self.sent.load(Ordering::Acquire).saturating_sub(answered)
+    fn session(&self) -> MutexGuard<'_, Session> {
+        // A panic while the lock was held leaves a session that may be half
+        // updated: it is read as it is, and the model's own checks break it
+        // if it no longer adds up.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether every request in flight is housekeeping tokio-postgres sends
-    /// without waiting for the answer: a `ROLLBACK` when a `Transaction` is
-    /// dropped uncommitted, and `Close` of a prepared statement when a
-    /// `Statement` is dropped (after every `query` with SQL text). Quick,
-    /// and safe to wait for.
-    pub fn only_housekeeping_in_flight(&self) -> bool {
-        self.last_work.load(Ordering::Acquire) <= self.answered.load(Ordering::Acquire)
+    /// The session as the pool acts on it.
+    pub fn view(&self) -> View {
+        self.session().view()
     }
 
-    /// Whether the one request in flight has had its last reply
-    /// (`CommandComplete`, `EmptyQueryResponse` or `ErrorResponse`) but not
-    /// yet its `ReadyForQuery`: the server is done with it, so it needs no
-    /// cancel. A caller whose statement just finished and who let go at once
-    /// often leaves exactly this: tokio-postgres completes the caller's
-    /// future on that reply, and the `ReadyForQuery` can be a read later.
-    pub fn finishing(&self) -> bool {
-        self.in_flight() == 1
-            && matches!(self.last_reply.load(Ordering::Acquire), b'C' | b'I' | b'E')
+    /// Why the session is broken, for logs.
+    pub fn broken_reason(&self) -> Option<&'static str> {
+        self.session().broken_reason()
     }
 
-    /// The transaction status reported by the last `ReadyForQuery`
-    /// (meaningful when nothing is in flight).
-    pub fn transaction_status(&self) -> TransactionStatus {
-        match self.status.load(Ordering::Acquire) {
-            b'T' => TransactionStatus::InTransaction,
-            b'E' => TransactionStatus::Failed,
-            _ => TransactionStatus::Idle,
+    /// Whether everything handed to tokio-postgres for this connection has
+    /// been written, so [`Tap::view`] covers it.
+    pub fn is_quiet(&self) -> bool {
+        self.task.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until `ready` holds, re-checking after every run of the
+    /// connection's task (the caller bounds the wait).
+    pub async fn wait_until(&self, ready: impl Fn(&Tap) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            changed.await;
         }
+    }
+
+    /// Whether the last `CommandComplete` was tagged `ROLLBACK`, with the
+    /// first error the server reported in that transaction: a `COMMIT` of a
+    /// failed transaction is answered so.
+    pub fn rolled_back(&self) -> Option<Option<ServerError>> {
+        let session = self.session();
+        session
+            .last_tag_was_rollback()
+            .then(|| session.first_error().cloned())
     }
 
     /// Whether the server refused a write as read-only since the flag was
-    /// last cleared.
-    pub fn refused_write(&self) -> bool {
-        self.refused_write.load(Ordering::Acquire)
-    }
-
-    pub fn clear_refused_write(&self) {
-        self.refused_write.store(false, Ordering::Release);
-    }
-
-    /// Whether the connection has ended (closed by the server, or failed).
-    pub fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    /// Waits until no request is in flight, or the connection has ended
-    /// (the caller bounds the wait).
-    pub async fn settle(&self) {
-        loop {
-            let settled = self.settled.notified();
-            let mut settled = std::pin::pin!(settled);
-            settled.as_mut().enable();
-            if self.in_flight() == 0 || self.ended() {
-                return;
-            }
-            settled.await;
-        }
+    /// last taken; clears it.
+    pub fn take_refused_write(&self) -> bool {
+        self.session().take_refused_write()
     }
 
     fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.settled.notify_waiters();
+        self.session().connection_ended();
+        self.changed.notify_waiters();
     }
 
-    fn request_sent(&self, housekeeping: bool) {
-        let number = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
-        if !housekeeping {
-            self.last_work.store(number, Ordering::Release);
-        }
-    }
-
-    fn ready(&self, status: u8) {
-        self.status.store(status, Ordering::Release);
-        self.answered.fetch_add(1, Ordering::AcqRel);
-        if self.in_flight() == 0 {
-            self.settled.notify_waiters();
+    fn set_blocked(&self, blocked: bool) {
+        if blocked {
+            self.task.fetch_or(BLOCKED, Ordering::AcqRel);
+        } else {
+            self.task.fetch_and(!BLOCKED, Ordering::AcqRel);
         }
     }
 }
 
-/// One complete message, as far as the tap cares.
-struct Message {
-    kind: u8,
-    prefix: [u8; ERROR_PREFIX],
-    prefix_len: usize,
-    /// How much of the body `prefix` keeps.
-    keep: usize,
-}
+/// The waker the connection's task is polled with: it marks the task woken
+/// before passing the wake-up on, so a request queued after the task's last
+/// poll is seen at once.
+struct TapWaker(Arc<Tap>);
 
-impl Message {
-    fn body(&self) -> &[u8] {
-        &self.prefix[..self.prefix_len]
+impl Wake for TapWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.task.fetch_or(WOKEN, Ordering::AcqRel);
+        self.0.task_waker.wake();
     }
 }
 
-/// Splits one direction's byte stream into messages. Untyped framing (a
-/// length, then the body) is what the client's start-up messages use;
-/// typed framing (a type byte, a length, the body) is everything else.
-struct Framer {
-    typed: bool,
-    /// The message type whose body is kept at length (`ErrorResponse` from
-    /// the server), or 0.
-    long_kind: u8,
-    header: [u8; 5],
-    header_len: usize,
-    /// Body bytes still to pass of the current message (header complete).
-    remaining: usize,
-    current: Option<Message>,
+/// A connection's task (tokio-postgres' `Connection` future) polled under
+/// the tap's watch.
+pub(crate) struct Watched<F> {
+    inner: F,
+    tap: Arc<Tap>,
+    waker: Waker,
 }
 
-impl Framer {
-    fn new(typed: bool, long_kind: u8) -> Self {
-        Framer {
-            typed,
-            long_kind,
-            header: [0; 5],
-            header_len: 0,
-            remaining: 0,
-            current: None,
+impl<F> Watched<F> {
+    pub fn new(inner: F, tap: Arc<Tap>) -> Self {
+        let waker = Waker::from(Arc::new(TapWaker(tap.clone())));
+        Watched { inner, tap, waker }
+    }
+}
+
+impl<F: Future + Unpin> Future for Watched<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        this.tap.task_waker.register(cx.waker());
+        // WOKEN is cleared before the poll: a wake-up during it sets it
+        // again, and the task runs once more.
+        this.tap
+            .task
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                Some((bits | POLLING) & !WOKEN)
+            })
+            .ok();
+        let result = Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker));
+        this.tap.task.fetch_and(!POLLING, Ordering::AcqRel);
+        if result.is_ready() {
+            this.tap.end();
+        } else {
+            this.tap.changed.notify_waiters();
         }
-    }
-
-    fn header_size(&self) -> usize {
-        if self.typed { 5 } else { 4 }
-    }
-
-    /// Feeds bytes; calls `complete` for each message that ends in them.
-    /// Stops early (returning the bytes consumed) when `complete` returns
-    /// false, so the caller can change how the rest is read.
-    fn feed(&mut self, mut bytes: &[u8], complete: &mut dyn FnMut(&Message) -> bool) -> usize {
-        let total = bytes.len();
-        while !bytes.is_empty() {
-            if self.current.is_none() {
-                let need = self.header_size() - self.header_len;
-                let take = need.min(bytes.len());
-                self.header[self.header_len..self.header_len + take]
-                    .copy_from_slice(&bytes[..take]);
-                self.header_len += take;
-                bytes = &bytes[take..];
-                if self.header_len < self.header_size() {
-                    break;
-                }
-                let (kind, length) = if self.typed {
-                    (self.header[0], &self.header[1..5])
-                } else {
-                    (0, &self.header[0..4])
-                };
-                let length = u32::from_be_bytes(length.try_into().expect("four bytes")) as usize;
-                // The length counts itself, not the type byte.
-                self.remaining = length.saturating_sub(4);
-                self.header_len = 0;
-                let keep = if kind == self.long_kind && kind != 0 {
-                    ERROR_PREFIX
-                } else {
-                    PREFIX
-                };
-                self.current = Some(Message {
-                    kind,
-                    prefix: [0; ERROR_PREFIX],
-                    prefix_len: 0,
-                    keep,
-                });
-            }
-            let message = self.current.as_mut().expect("set above");
-            let take = self.remaining.min(bytes.len());
-            let keep = (message.keep - message.prefix_len).min(take);
-            message.prefix[message.prefix_len..message.prefix_len + keep]
-                .copy_from_slice(&bytes[..keep]);
-            message.prefix_len += keep;
-            self.remaining -= take;
-            bytes = &bytes[take..];
-            if self.remaining == 0 {
-                let message = self.current.take().expect("set above");
-                if !complete(&message) {
-                    break;
-                }
-            }
-        }
-        total - bytes.len()
+        result
     }
 }
 
 /// How one tapped layer reads the server's bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Incoming {
     /// Typed messages.
-    Messages(Framer),
-    /// The one-byte answer to an `SSLRequest`.
-    SslAnswer,
+    Messages,
+    /// The one-byte answer to an `SSLRequest` or `GSSENCRequest`.
+    EncryptionAnswer,
     /// Ciphertext: the tap above the TLS stream reads the messages.
     Opaque,
 }
@@ -285,11 +205,10 @@ enum Incoming {
 pub(crate) struct Tapped<S> {
     inner: S,
     tap: Arc<Tap>,
+    /// `None` once the bytes written are ciphertext.
     outgoing: Option<Framer>,
-    /// Whether the extended-protocol messages since the last `Sync` did
-    /// more than close statements.
-    batch_works: bool,
     incoming: Incoming,
+    incoming_framer: Framer,
 }
 
 impl<S> Tapped<S> {
@@ -298,9 +217,9 @@ impl<S> Tapped<S> {
         Tapped {
             inner,
             tap,
-            outgoing: Some(Framer::new(false, 0)),
-            batch_works: false,
-            incoming: Incoming::Messages(Framer::new(true, b'E')),
+            outgoing: Some(Framer::new(false)),
+            incoming: Incoming::Messages,
+            incoming_framer: Framer::new(true),
         }
     }
 
@@ -308,71 +227,53 @@ impl<S> Tapped<S> {
         let Some(framer) = &mut self.outgoing else {
             return;
         };
-        let tap = &self.tap;
-        let batch_works = &mut self.batch_works;
-        let mut ssl_requested = false;
-        let mut started = false;
+        let mut session = self.tap.session();
         let mut rest = bytes;
         while !rest.is_empty() {
-            let used = framer.feed(rest, &mut |message| {
-                if framer_is_startup(message) {
-                    if startup_code(message) == Some(SSL_REQUEST_CODE) {
-                        ssl_requested = true;
-                    } else {
-                        // The start-up message: authentication ends with
-                        // a ReadyForQuery.
-                        tap.request_sent(false);
+            let mut encryption_requested = false;
+            let mut started = false;
+            let used = framer.feed(rest, &mut |kind, body| {
+                if kind != 0 {
+                    session.client_sent(kind, body);
+                    return true;
+                }
+                match startup_code(body) {
+                    Some(SSL_REQUEST_CODE | GSSENC_REQUEST_CODE) => encryption_requested = true,
+                    _ => {
+                        session.startup_sent();
                         started = true;
                     }
-                    return false;
                 }
-                match message.kind {
-                    b'Q' => tap.request_sent(is_rollback(message.body())),
-                    b'S' => tap.request_sent(!std::mem::take(batch_works)),
-                    // Close (of a statement or portal).
-                    b'C' => {}
-                    _ => *batch_works = true,
-                }
-                true
+                false
             });
             rest = &rest[used..];
             if started {
-                framer.typed = true;
-                started = false;
+                framer.set_typed();
             }
-            if ssl_requested {
-                self.incoming = Incoming::SslAnswer;
-                ssl_requested = false;
+            if encryption_requested {
+                self.incoming = Incoming::EncryptionAnswer;
             }
         }
     }
 
     fn read(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            match &mut self.incoming {
+            match self.incoming {
                 Incoming::Opaque => return,
-                Incoming::SslAnswer => {
-                    if bytes[0] == b'S' {
+                Incoming::EncryptionAnswer => {
+                    if bytes[0] == b'S' || bytes[0] == b'G' {
                         // Encrypted from here on, in both directions.
                         self.incoming = Incoming::Opaque;
                         self.outgoing = None;
                         return;
                     }
-                    self.incoming = Incoming::Messages(Framer::new(true, b'E'));
+                    self.incoming = Incoming::Messages;
                     bytes = &bytes[1..];
                 }
-                Incoming::Messages(framer) => {
-                    let tap = &self.tap;
-                    framer.feed(bytes, &mut |message| {
-                        tap.last_reply.store(message.kind, Ordering::Release);
-                        if message.kind == b'E'
-                            && sqlstate(message.body()) == Some(READ_ONLY_SQLSTATE)
-                        {
-                            tap.refused_write.store(true, Ordering::Release);
-                        }
-                        if message.kind == b'Z' && message.prefix_len == 1 {
-                            tap.ready(message.prefix[0]);
-                        }
+                Incoming::Messages => {
+                    let mut session = self.tap.session();
+                    self.incoming_framer.feed(bytes, &mut |kind, body| {
+                        session.server_sent(kind, body);
                         true
                     });
                     return;
@@ -382,34 +283,10 @@ impl<S> Tapped<S> {
     }
 }
 
-/// Whether a message came from untyped (start-up) framing.
-fn framer_is_startup(message: &Message) -> bool {
-    message.kind == 0
-}
-
 /// The protocol or request code that opens a start-up message.
-fn startup_code(message: &Message) -> Option<u32> {
-    let code = message.body().get(..4)?;
+fn startup_code(body: &[u8]) -> Option<u32> {
+    let code = body.get(..4)?;
     Some(u32::from_be_bytes(code.try_into().ok()?))
-}
-
-/// The SQLSTATE (`C` field) of an `ErrorResponse` body, if within it.
-fn sqlstate(mut fields: &[u8]) -> Option<&[u8]> {
-    while let Some((&kind, rest)) = fields.split_first() {
-        if kind == 0 {
-            return None;
-        }
-        let end = rest.iter().position(|&b| b == 0)?;
-        if kind == b'C' {
-            return Some(&rest[..end]);
-        }
-        fields = &rest[end + 1..];
-    }
-    None
-}
-
-fn is_rollback(query: &[u8]) -> bool {
-    query.len() >= 8 && query[..8].eq_ignore_ascii_case(b"ROLLBACK")
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
@@ -446,6 +323,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.tap.set_blocked(result.is_pending());
         match &result {
             Poll::Ready(Ok(written)) => this.wrote(&buf[..*written]),
             Poll::Ready(Err(_)) => this.tap.end(),
@@ -455,7 +333,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.tap.set_blocked(result.is_pending());
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -524,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_requests_until_each_is_answered_even_split_byte_by_byte() {
+    fn follows_a_conversation_split_byte_by_byte() {
         let mut t = tapped();
         let mut out = untyped(&196_608u32.to_be_bytes());
         out.extend(typed(b'P', b"\0SELECT 1\0\0\0"));
@@ -533,7 +414,7 @@ mod tests {
         for byte in &out {
             t.wrote(std::slice::from_ref(byte));
         }
-        assert_eq!(t.tap.in_flight(), 3);
+        assert_eq!(t.tap.view().awaiting, 3);
         let mut incoming = typed(b'R', &0u32.to_be_bytes());
         incoming.extend(typed(b'Z', b"I"));
         incoming.extend(typed(b'1', b""));
@@ -541,54 +422,13 @@ mod tests {
         for byte in &incoming {
             t.read(std::slice::from_ref(byte));
         }
-        assert_eq!(t.tap.in_flight(), 1);
-        assert_eq!(t.tap.transaction_status(), TransactionStatus::InTransaction);
-        assert!(!t.tap.only_housekeeping_in_flight());
-        t.read(&typed(b'E', b"SERROR\0"));
-        assert!(t.tap.finishing());
+        assert_eq!(t.tap.view().awaiting, 1);
+        t.read(&typed(b'E', b"SERROR\0C57014\0\0"));
+        assert!(!t.tap.view().running);
         t.read(&typed(b'Z', b"E"));
-        assert_eq!(t.tap.in_flight(), 0);
-        assert!(!t.tap.finishing());
-        assert_eq!(t.tap.transaction_status(), TransactionStatus::Failed);
-    }
-
-    #[test]
-    fn a_rollback_in_flight_is_recognised() {
-        let mut t = tapped();
-        t.wrote(&untyped(&196_608u32.to_be_bytes()));
-        t.read(&typed(b'Z', b"I"));
-        t.wrote(&typed(b'Q', b"BEGIN\0"));
-        t.read(&typed(b'Z', b"T"));
-        t.wrote(&typed(b'Q', b"ROLLBACK\0"));
-        assert_eq!(t.tap.in_flight(), 1);
-        assert!(t.tap.only_housekeeping_in_flight());
-    }
-
-    #[test]
-    fn closing_a_statement_is_housekeeping_running_one_is_not() {
-        let mut t = tapped();
-        t.wrote(&untyped(&196_608u32.to_be_bytes()));
-        t.read(&typed(b'Z', b"I"));
-        t.wrote(&typed(b'C', b"Ss1\0"));
-        t.wrote(&typed(b'S', b""));
-        assert_eq!(t.tap.in_flight(), 1);
-        assert!(t.tap.only_housekeeping_in_flight());
-        t.wrote(&typed(b'B', b"\0s1\0"));
-        t.wrote(&typed(b'E', b"\0\0\0\0\0"));
-        t.wrote(&typed(b'S', b""));
-        assert!(!t.tap.only_housekeeping_in_flight());
-    }
-
-    #[test]
-    fn a_write_refused_as_read_only_is_noticed() {
-        let mut t = tapped();
-        t.read(&typed(b'E', b"SERROR\0VERROR\0C42601\0Msyntax\0\0"));
-        assert!(!t.tap.refused_write());
-        t.read(&typed(
-            b'E',
-            b"SERROR\0VERROR\0C25006\0Mcannot execute INSERT in a read-only transaction\0\0",
-        ));
-        assert!(t.tap.refused_write());
+        let view = t.tap.view();
+        assert_eq!(view.awaiting, 0);
+        assert!(!view.broken);
     }
 
     #[test]
@@ -599,8 +439,8 @@ mod tests {
         // Ciphertext from here on: nothing counted.
         t.wrote(&typed(b'Q', b"x\0"));
         t.read(&typed(b'Z', b"T"));
-        assert_eq!(t.tap.in_flight(), 0);
-        assert_eq!(t.tap.transaction_status(), TransactionStatus::Idle);
+        assert_eq!(t.tap.view().awaiting, 0);
+        assert!(!t.tap.view().broken);
     }
 
     #[test]
@@ -609,8 +449,22 @@ mod tests {
         t.wrote(&untyped(&SSL_REQUEST_CODE.to_be_bytes()));
         t.read(b"N");
         t.wrote(&untyped(&196_608u32.to_be_bytes()));
-        assert_eq!(t.tap.in_flight(), 1);
+        assert_eq!(t.tap.view().awaiting, 1);
         t.read(&typed(b'Z', b"I"));
-        assert_eq!(t.tap.in_flight(), 0);
+        assert_eq!(t.tap.view().awaiting, 0);
+    }
+
+    #[test]
+    fn the_tasks_waker_marks_it_woken_until_it_runs() {
+        let tap = Tap::new();
+        assert!(tap.is_quiet());
+        let waker = Waker::from(Arc::new(TapWaker(tap.clone())));
+        waker.wake_by_ref();
+        assert!(!tap.is_quiet());
+        let mut watched = Watched::new(std::future::pending::<()>(), tap.clone());
+        let noop = Waker::noop();
+        let mut cx = Context::from_waker(noop);
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        assert!(tap.is_quiet());
     }
 }

@@ -1,0 +1,130 @@
+//! Splits one direction of a PostgreSQL connection's byte stream into
+//! messages, whatever the chunks the bytes arrive in. Pure: bytes in,
+//! messages out.
+//!
+//! Untyped framing (a length, then the body) is what the client's start-up
+//! messages use; typed framing (a type byte, a length, the body) is
+//! everything else. Only the start of each body is kept: as much as the
+//! session model reads of that message type.
+
+/// The most of a body kept, for an `ErrorResponse` (severity, SQLSTATE
+/// and the start of the message).
+const LONGEST_KEPT: usize = 256;
+
+/// How much of a body of this type the session model reads.
+fn kept(typed: bool, kind: u8) -> usize {
+    match (typed, kind) {
+        // Start-up messages: the protocol or request code.
+        (false, _) => 4,
+        // ErrorResponse (both directions' `E` kept alike: the client's
+        // Execute body is short anyway).
+        (true, b'E') => LONGEST_KEPT,
+        // ROLLBACK in a Query or a CommandComplete tag; ReadyForQuery's
+        // status byte.
+        _ => 8,
+    }
+}
+
+/// One direction's framing state.
+pub(crate) struct Framer {
+    typed: bool,
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes still to pass of the current message; `None` while the
+    /// header is incomplete.
+    remaining: Option<usize>,
+    kind: u8,
+    body: [u8; LONGEST_KEPT],
+    body_len: usize,
+    keep: usize,
+}
+
+impl Framer {
+    /// A framer for typed messages, or for untyped start-up messages.
+    pub fn new(typed: bool) -> Self {
+        Framer {
+            typed,
+            header: [0; 5],
+            header_len: 0,
+            remaining: None,
+            kind: 0,
+            body: [0; LONGEST_KEPT],
+            body_len: 0,
+            keep: 0,
+        }
+    }
+
+    /// Switches to typed framing (after the start-up message).
+    pub fn set_typed(&mut self) {
+        self.typed = true;
+    }
+
+    fn header_size(&self) -> usize {
+        if self.typed { 5 } else { 4 }
+    }
+
+    /// Feeds bytes; calls `complete(kind, kept body)` for each message that
+    /// ends in them (kind 0 for an untyped message). Stops early, returning
+    /// the bytes consumed, when `complete` returns false, so the caller can
+    /// change how the rest is read.
+    pub fn feed(&mut self, mut bytes: &[u8], complete: &mut dyn FnMut(u8, &[u8]) -> bool) -> usize {
+        let total = bytes.len();
+        while !bytes.is_empty() {
+            let remaining = match self.remaining {
+                Some(remaining) => remaining,
+                None => {
+                    let need = self.header_size() - self.header_len;
+                    let take = need.min(bytes.len());
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&bytes[..take]);
+                    self.header_len += take;
+                    bytes = &bytes[take..];
+                    if self.header_len < self.header_size() {
+                        break;
+                    }
+                    let (kind, length) = if self.typed {
+                        (
+                            self.header[0],
+                            [
+                                self.header[1],
+                                self.header[2],
+                                self.header[3],
+                                self.header[4],
+                            ],
+                        )
+                    } else {
+                        (
+                            0,
+                            [
+                                self.header[0],
+                                self.header[1],
+                                self.header[2],
+                                self.header[3],
+                            ],
+                        )
+                    };
+                    self.header_len = 0;
+                    self.kind = kind;
+                    self.body_len = 0;
+                    self.keep = kept(self.typed, kind);
+                    // The length counts itself, not the type byte.
+                    (u32::from_be_bytes(length) as usize).saturating_sub(4)
+                }
+            };
+            let take = remaining.min(bytes.len());
+            let keep = (self.keep - self.body_len).min(take);
+            self.body[self.body_len..self.body_len + keep].copy_from_slice(&bytes[..keep]);
+            self.body_len += keep;
+            bytes = &bytes[take..];
+            if remaining == take {
+                self.remaining = None;
+                if !complete(self.kind, &self.body[..self.body_len]) {
+                    break;
+                }
+            } else {
+                self.remaining = Some(remaining - take);
+            }
+        }
+        total - bytes.len()
+    }
+}

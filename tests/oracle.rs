@@ -1,0 +1,563 @@
+//! A randomized oracle over the whole client API: tasks share a
+//! two-connection pool and the multiplexed handle, each running a seeded
+//! random mix of every tokio-postgres entry point a service uses, each
+//! wrapped in a random timeout (none, 0 ms, 1 ms, a few ms) so futures are
+//! dropped at random awaits, while backends are terminated now and then.
+//! Every write carries a unique id. At the end:
+//!
+//! - every acknowledged id is present exactly once;
+//! - no write whose caller got a definite error (a SQLSTATE that means the
+//!   statement did not happen) or that was never committed is present;
+//! - no checkout waited past its bound (`wait_timeout`, plus the slack of
+//!   a loaded machine);
+//! - no caller was handed a connection inside a transaction block;
+//! - the pool's counters add up (opened = closed + open).
+//!
+//! The seed is printed; `DBMANAGER_ORACLE_SEED=<seed>` replays its
+//! operation mix (the interleaving of tasks still varies), and
+//! `DBMANAGER_ORACLE_SECS` sets how long it runs (60 s by default;
+//! `scripts/soak` runs it for 30 minutes with server faults).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dbmanager::{DatabaseManager, Error};
+use futures_util::{SinkExt, StreamExt};
+use support::{TestDb, admin_url, build, pg_config, sql};
+
+/// What became of one id's write, as its caller saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The API said it happened: must be present exactly once.
+    Acknowledged,
+    /// The API said it did not (or it was never committed): must be absent.
+    Absent,
+    /// The caller stopped waiting, or the connection was lost: either.
+    Unknown,
+}
+
+/// Every id's outcome, shared by the tasks.
+#[derive(Default)]
+struct Ledger {
+    outcomes: Mutex<HashMap<i64, (Outcome, &'static str)>>,
+    next_id: AtomicI64,
+    dirty_sessions: AtomicI64,
+    slow_checkouts: Mutex<Vec<Duration>>,
+    errors: Mutex<HashMap<String, u64>>,
+}
+
+impl Ledger {
+    fn ids(&self, n: usize) -> Vec<i64> {
+        let first = self.next_id.fetch_add(n as i64, Ordering::Relaxed);
+        (first..first + n as i64).collect()
+    }
+
+    fn record(&self, ids: &[i64], outcome: Outcome, op: &'static str) {
+        let mut outcomes = self.outcomes.lock().unwrap();
+        for id in ids {
+            outcomes.insert(*id, (outcome, op));
+        }
+    }
+
+    fn error(&self, class: String) {
+        *self.errors.lock().unwrap().entry(class).or_default() += 1;
+    }
+}
+
+/// How an error the API returned bears on a write.
+fn classify(error: &Error) -> (Outcome, String) {
+    match error.sqlstate() {
+        // The connection went away mid-request (terminated backend):
+        // the statement may have committed before the answer was lost.
+        Some(code) if code.starts_with("57P") || code.starts_with("08") => {
+            (Outcome::Unknown, format!("sqlstate {code}"))
+        }
+        Some(code) => (Outcome::Absent, format!("sqlstate {code}")),
+        None => match error {
+            Error::CommitOutcomeUnknown { .. } => {
+                (Outcome::Unknown, "commit outcome unknown".into())
+            }
+            Error::PoolTimeout { .. } => (Outcome::Absent, "pool timeout".into()),
+            // No SQLSTATE: the connection was closed or broke.
+            _ => (Outcome::Unknown, "connection lost".into()),
+        },
+    }
+}
+
+fn pg(error: tokio_postgres::Error) -> Error {
+    Error::from(error)
+}
+
+/// The operations the oracle mixes.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Execute,
+    QueryReturning,
+    QueryTyped,
+    SimpleMulti,
+    BatchCommitted,
+    BatchLeftOpen,
+    PreparedPortal,
+    CopyIn,
+    CopyInDropped,
+    CopyOut,
+    Helper,
+    HelperSwallowed,
+    Listen,
+    Multiplexed,
+    Sleep,
+}
+
+const OPS: [Op; 15] = [
+    Op::Execute,
+    Op::QueryReturning,
+    Op::QueryTyped,
+    Op::SimpleMulti,
+    Op::BatchCommitted,
+    Op::BatchLeftOpen,
+    Op::PreparedPortal,
+    Op::CopyIn,
+    Op::CopyInDropped,
+    Op::CopyOut,
+    Op::Helper,
+    Op::HelperSwallowed,
+    Op::Listen,
+    Op::Multiplexed,
+    Op::Sleep,
+];
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Execute => "execute",
+            Op::QueryReturning => "query returning",
+            Op::QueryTyped => "query_typed",
+            Op::SimpleMulti => "simple_query (two statements)",
+            Op::BatchCommitted => "batch_execute BEGIN..COMMIT",
+            Op::BatchLeftOpen => "batch_execute BEGIN left open",
+            Op::PreparedPortal => "prepare + portal",
+            Op::CopyIn => "copy_in",
+            Op::CopyInDropped => "copy_in dropped",
+            Op::CopyOut => "copy_out",
+            Op::Helper => "transaction helper",
+            Op::HelperSwallowed => "transaction helper, error swallowed",
+            Op::Listen => "LISTEN/NOTIFY",
+            Op::Multiplexed => "multiplexed",
+            Op::Sleep => "pg_sleep",
+        }
+    }
+
+    /// How many ids it writes, and what success means for them.
+    fn writes(self) -> (usize, Outcome) {
+        match self {
+            Op::Execute | Op::QueryReturning | Op::QueryTyped | Op::Helper | Op::Multiplexed => {
+                (1, Outcome::Acknowledged)
+            }
+            Op::SimpleMulti | Op::BatchCommitted | Op::PreparedPortal | Op::CopyIn => {
+                (2, Outcome::Acknowledged)
+            }
+            // Never committed: the pool rolls it back, the COPY is aborted,
+            // the server rolls the swallowed error's transaction back.
+            Op::BatchLeftOpen | Op::CopyInDropped | Op::HelperSwallowed => (2, Outcome::Absent),
+            Op::CopyOut | Op::Listen | Op::Sleep => (0, Outcome::Acknowledged),
+        }
+    }
+}
+
+/// Runs one operation to its end (the caller wraps it in a timeout).
+async fn run(db: &DatabaseManager, ledger: &Ledger, op: Op, ids: &[i64]) -> Result<(), Error> {
+    let pool = db.postgres()?;
+    if let Op::Multiplexed = op {
+        pool.multiplexed()
+            .execute(
+                "INSERT INTO oracle (id, op) VALUES ($1, 'multiplexed')",
+                &[&ids[0]],
+            )
+            .await?;
+        return Ok(());
+    }
+    if let Op::Helper | Op::HelperSwallowed = op {
+        let (a, b) = (ids[0], ids.get(1).copied().unwrap_or(-1));
+        let swallow = matches!(op, Op::HelperSwallowed);
+        return pool
+            .transaction(async move |tx| {
+                tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&a])
+                    .await?;
+                if swallow {
+                    tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&b])
+                        .await?;
+                    let _ = tx.simple_query("SELECT 1/0").await;
+                }
+                Ok(())
+            })
+            .await;
+    }
+    let began = Instant::now();
+    let mut client = pool.get().await?;
+    let waited = began.elapsed();
+    if waited > Duration::from_secs(12) {
+        ledger.slow_checkouts.lock().unwrap().push(waited);
+    }
+    // Never handed a session inside a transaction block: SAVEPOINT is
+    // refused outside one.
+    if let Ok(rows) = client.simple_query("SAVEPOINT oracle_probe").await {
+        drop(rows);
+        ledger.dirty_sessions.fetch_add(1, Ordering::Relaxed);
+        client.batch_execute("ROLLBACK").await.map_err(pg)?;
+    }
+    match op {
+        Op::Execute => {
+            client
+                .execute(
+                    "INSERT INTO oracle (id, op) VALUES ($1, 'execute')",
+                    &[&ids[0]],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        Op::QueryReturning => {
+            let row = client
+                .query_one(
+                    "INSERT INTO oracle (id, op) VALUES ($1, 'returning') RETURNING id",
+                    &[&ids[0]],
+                )
+                .await
+                .map_err(pg)?;
+            assert_eq!(row.get::<_, i64>(0), ids[0]);
+        }
+        Op::QueryTyped => {
+            client
+                .query_typed(
+                    "INSERT INTO oracle (id, op) VALUES ($1, 'typed')",
+                    &[(&ids[0], tokio_postgres::types::Type::INT8)],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        Op::SimpleMulti => {
+            client
+                .simple_query(&format!(
+                    "INSERT INTO oracle (id, op) VALUES ({}, 'simple'); INSERT INTO oracle (id, op) VALUES ({}, 'simple')",
+                    ids[0], ids[1]
+                ))
+                .await
+                .map_err(pg)?;
+        }
+        Op::BatchCommitted => {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; INSERT INTO oracle (id, op) VALUES ({}, 'batch'); INSERT INTO oracle (id, op) VALUES ({}, 'batch'); COMMIT",
+                    ids[0], ids[1]
+                ))
+                .await
+                .map_err(pg)?;
+        }
+        Op::BatchLeftOpen => {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; INSERT INTO oracle (id, op) VALUES ({}, 'open'); INSERT INTO oracle (id, op) VALUES ({}, 'open')",
+                    ids[0], ids[1]
+                ))
+                .await
+                .map_err(pg)?;
+        }
+        Op::PreparedPortal => {
+            let tx = client.transaction().await.map_err(pg)?;
+            let statement = tx
+                .prepare("INSERT INTO oracle (id, op) SELECT x, 'portal' FROM unnest($1::int8[]) x RETURNING id")
+                .await
+                .map_err(pg)?;
+            let list: Vec<i64> = ids.to_vec();
+            let portal = tx.bind(&statement, &[&list]).await.map_err(pg)?;
+            let mut rows = tx.query_portal(&portal, 1).await.map_err(pg)?;
+            rows.extend(tx.query_portal(&portal, 10).await.map_err(pg)?);
+            assert_eq!(rows.len(), 2);
+            tx.commit().await.map_err(pg)?;
+        }
+        Op::CopyIn | Op::CopyInDropped => {
+            let sink = client
+                .copy_in("COPY oracle (id, op) FROM STDIN")
+                .await
+                .map_err(pg)?;
+            let mut sink = Box::pin(sink);
+            let data = format!("{}\tcopy\n{}\tcopy\n", ids[0], ids[1]);
+            sink.send(Bytes::from(data)).await.map_err(pg)?;
+            if let Op::CopyIn = op {
+                sink.as_mut().finish().await.map_err(pg)?;
+            }
+        }
+        Op::CopyOut => {
+            let stream = client
+                .copy_out("COPY (SELECT id FROM oracle ORDER BY id DESC LIMIT 200) TO STDOUT")
+                .await
+                .map_err(pg)?;
+            let mut stream = Box::pin(stream);
+            // Read some of it; the rest is dropped.
+            for _ in 0..(ids.len() % 3) {
+                if stream.next().await.transpose().map_err(pg)?.is_none() {
+                    break;
+                }
+            }
+        }
+        Op::Listen => {
+            client
+                .batch_execute("LISTEN oracle_channel")
+                .await
+                .map_err(pg)?;
+            client
+                .batch_execute("NOTIFY oracle_channel, 'hello'")
+                .await
+                .map_err(pg)?;
+            client
+                .batch_execute("UNLISTEN oracle_channel")
+                .await
+                .map_err(pg)?;
+        }
+        Op::Sleep => {
+            client
+                .simple_query("SELECT pg_sleep(0.02)")
+                .await
+                .map_err(pg)?;
+        }
+        Op::Multiplexed | Op::Helper | Op::HelperSwallowed => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// One task: `rng` picks the operations and their timeouts until `stop`.
+async fn task(
+    db: DatabaseManager,
+    ledger: Arc<Ledger>,
+    mut rng: fastrand::Rng,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let op = OPS[rng.usize(..OPS.len())];
+        let (count, success) = op.writes();
+        // At least one id: an operation that writes none uses it for its
+        // own choices.
+        let ids = ledger.ids(count.max(1));
+        let ids = &ids[..];
+        let limit = match rng.u8(..10) {
+            0 => Some(Duration::ZERO),
+            1 => Some(Duration::from_millis(1)),
+            2 => Some(Duration::from_millis(rng.u64(2..8))),
+            _ => None,
+        };
+        let written = &ids[..count];
+        let result = match limit {
+            Some(limit) => tokio::time::timeout(limit, run(&db, &ledger, op, ids)).await,
+            None => Ok(run(&db, &ledger, op, ids).await),
+        };
+        match result {
+            Ok(Ok(())) => ledger.record(written, success, op.name()),
+            Ok(Err(error)) => {
+                let (outcome, class) = classify(&error);
+                // An error on an operation that never commits still means
+                // absent; on one that does, the class decides.
+                let outcome = if success == Outcome::Absent {
+                    Outcome::Absent
+                } else {
+                    outcome
+                };
+                ledger.record(written, outcome, op.name());
+                ledger.error(format!("{}: {class}", op.name()));
+            }
+            Err(_) => {
+                let outcome = if success == Outcome::Absent {
+                    Outcome::Absent
+                } else {
+                    Outcome::Unknown
+                };
+                ledger.record(written, outcome, op.name());
+                ledger.error(format!("{}: timed out", op.name()));
+            }
+        }
+    }
+}
+
+/// Terminates one of the pool's backends now and then.
+async fn terminator(
+    application_name: String,
+    mut rng: fastrand::Rng,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("an admin connection");
+    tokio::spawn(connection);
+    let mut terminated = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
+        let rows = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid() \
+                 ORDER BY random() LIMIT 1",
+                &[&application_name],
+            )
+            .await;
+        if let Ok(rows) = rows {
+            terminated += rows.len() as u64;
+        }
+    }
+    terminated
+}
+
+fn seed() -> u64 {
+    std::env::var("DBMANAGER_ORACLE_SEED")
+        .ok()
+        .map(|s| s.parse().expect("DBMANAGER_ORACLE_SEED is a number"))
+        .unwrap_or_else(|| fastrand::u64(..))
+}
+
+fn duration() -> Duration {
+    let secs = std::env::var("DBMANAGER_ORACLE_SECS")
+        .ok()
+        .map(|s| {
+            s.parse()
+                .expect("DBMANAGER_ORACLE_SECS is a number of seconds")
+        })
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_is_present_exactly_once_and_no_session_is_dirty() {
+    let seed = seed();
+    let run_for = duration();
+    println!("oracle seed {seed} (replay: DBMANAGER_ORACLE_SEED={seed}), running {run_for:?}");
+    let db = TestDb::create("oracle").await;
+    // No primary key: a write applied twice must show as two rows.
+    sql(
+        &db.url,
+        "CREATE TABLE oracle (id bigint NOT NULL, op text NOT NULL)",
+    )
+    .await;
+    let mut config = pg_config(&db.url);
+    config.postgres.pool.max_size = 2;
+    config.postgres.pool.min_idle = 2;
+    config.postgres.pool.wait_timeout = Duration::from_secs(10);
+    config.postgres.pool.recycle_timeout = Duration::from_secs(2);
+    config.postgres.multiplex.connections = 1;
+    let application_name = config.postgres.application_name.clone();
+    let manager = build(config).await;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(task(
+                manager.clone(),
+                ledger.clone(),
+                fastrand::Rng::with_seed(rng.u64(..)),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let faults = tokio::spawn(terminator(
+        application_name,
+        fastrand::Rng::with_seed(rng.u64(..)),
+        stop.clone(),
+    ));
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a task ended within its bounds")
+            .expect("a task panicked");
+    }
+    let terminated = faults.await.unwrap();
+    manager.shutdown().await.expect("shutdown");
+    let stats = manager.postgres().unwrap().stats();
+
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut present: HashMap<i64, i64> = HashMap::new();
+    for row in client
+        .query("SELECT id, count(*) FROM oracle GROUP BY id", &[])
+        .await
+        .unwrap()
+    {
+        present.insert(row.get(0), row.get(1));
+    }
+
+    let outcomes = ledger.outcomes.lock().unwrap();
+    let mut by_outcome: HashMap<&str, u64> = HashMap::new();
+    let mut violations = Vec::new();
+    for (id, (outcome, op)) in outcomes.iter() {
+        let copies = present.get(id).copied().unwrap_or(0);
+        let key = match outcome {
+            Outcome::Acknowledged => "acknowledged",
+            Outcome::Absent => "absent",
+            Outcome::Unknown => "unknown",
+        };
+        *by_outcome.entry(key).or_default() += 1;
+        let ok = match outcome {
+            Outcome::Acknowledged => copies == 1,
+            Outcome::Absent => copies == 0,
+            Outcome::Unknown => copies <= 1,
+        };
+        if !ok {
+            violations.push(format!("id {id} ({op}): {outcome:?} but {copies} rows"));
+        }
+    }
+    for id in present.keys() {
+        if !outcomes.contains_key(id) {
+            violations.push(format!("id {id}: present but never written"));
+        }
+    }
+    let mut errors: Vec<_> = ledger.errors.lock().unwrap().clone().into_iter().collect();
+    errors.sort();
+    println!("outcomes: {by_outcome:?}; backends terminated: {terminated}");
+    println!("pool: {stats:?}");
+    for (class, count) in &errors {
+        println!("  {count:>6}  {class}");
+    }
+    violations.sort();
+    assert!(
+        violations.is_empty(),
+        "seed {seed}: {} violations:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        ledger.dirty_sessions.load(Ordering::Relaxed),
+        0,
+        "seed {seed}: a caller was handed a connection inside a transaction block"
+    );
+    let slow = ledger.slow_checkouts.lock().unwrap();
+    assert!(
+        slow.is_empty(),
+        "seed {seed}: checkouts past their bound: {slow:?}"
+    );
+    assert!(
+        by_outcome.get("acknowledged").copied().unwrap_or(0) > 0,
+        "seed {seed}: nothing was acknowledged: the oracle exercised nothing"
+    );
+    let closed = stats.closed_lifetime
+        + stats.closed_idle
+        + stats.closed_broken
+        + stats.closed_excess
+        + stats.closed_hook
+        + stats.closed_discarded
+        + stats.closed_abandoned
+        + stats.closed_shutdown;
+    assert_eq!(
+        stats.created, closed,
+        "seed {seed}: after shutdown every connection opened is counted closed: {stats:?}"
+    );
+}

@@ -8,6 +8,7 @@
 //! the statement behind the others already sent, and answers come back in
 //! order. Nothing session-bound can go this way (see [`Multiplexed`]).
 
+mod cache;
 mod connection;
 mod drain;
 mod keeper;
@@ -137,9 +138,7 @@ impl Multiplexed {
     ///
     /// [`Error::SessionRequired`] for a statement this handle refuses.
     pub fn statement(&self, sql: &str) -> Result<MultiplexedStatement> {
-        if let Some(statement) = session_sql::session_statement(sql) {
-            return Err(Error::SessionRequired { statement });
-        }
+        refuse_session(sql)?;
         Ok(MultiplexedStatement { sql: sql.into() })
     }
 
@@ -228,10 +227,15 @@ impl Multiplexed {
     where
         S: MultiplexSql + ?Sized,
     {
-        let place = self.state.acquire().await?;
+        let sql = statement.sql();
+        // Checked here only when no connection has room at once (on an
+        // unused handle, or with the server down): a refused statement
+        // then costs no connection and no wait. Otherwise the check runs
+        // once per text and connection, before it is first prepared.
+        let mut place = self.state.acquire(|| refuse_session(sql)).await?;
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = match place.conn.statement(statement.sql()).await {
+        let result = match place.conn.statement(sql).await {
             Ok(prepared) => call(&place.conn.client, &prepared)
                 .await
                 .map_err(Error::from),
@@ -242,8 +246,9 @@ impl Multiplexed {
                 // Its other statements fail too; the keeper replaces it.
                 place.conn.mark_closed();
                 self.state.wake.notify_one();
+                place.over();
             }
-            Err(Error::SessionRequired { .. }) => {}
+            Err(Error::SessionRequired { .. }) => place.over(),
             _ => place.answered(),
         }
         #[cfg(feature = "metrics")]
@@ -278,6 +283,14 @@ impl Multiplexed {
     /// in flight when it ran out (and were ended).
     pub(crate) async fn drain(&self, grace: Duration) -> usize {
         self.state.drain(grace).await
+    }
+}
+
+/// [`Error::SessionRequired`] for a statement that needs a session.
+fn refuse_session(sql: &str) -> Result<()> {
+    match session_sql::session_statement(sql) {
+        Some(statement) => Err(Error::SessionRequired { statement }),
+        None => Ok(()),
     }
 }
 

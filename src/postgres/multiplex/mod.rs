@@ -33,7 +33,9 @@ use state::MuxState;
 /// For **single autocommit statements that need no session**: each call is
 /// one statement, committed on its own, on whichever connection has the
 /// fewest statements in flight. SQL text is prepared once per connection
-/// and cached. A failing statement fails only its own caller.
+/// and cached, at most `postgres.multiplex.statement_cache_capacity`
+/// statements per connection (the least recently used is closed on the
+/// server to make room). A failing statement fails only its own caller.
 ///
 /// What needs a session is refused with [`Error::SessionRequired`] where
 /// the SQL text shows it (`BEGIN`/`COMMIT`/`ROLLBACK`/`SAVEPOINT`, `SET`,
@@ -41,6 +43,7 @@ use state::MuxState;
 /// TABLE`, `LOCK`, `PREPARE`/`EXECUTE`, session advisory locks) and must
 /// not be sent otherwise (a function that calls `set_config(..., false)`,
 /// say): use [`PostgresPool::get`] for anything that needs a session.
+/// The refusal needs no connection: it comes before any connect or wait.
 ///
 /// Back-pressure: each connection takes at most
 /// `postgres.multiplex.max_in_flight` statements at once; further callers
@@ -50,7 +53,8 @@ use state::MuxState;
 /// statements on pooled connections.
 ///
 /// A caller that gives up (its future dropped) only stops waiting: its
-/// statement still runs and its answer is discarded. No cancel request is
+/// statement still runs, its answer is discarded, and its connection counts
+/// it in flight until the server has answered it. No cancel request is
 /// sent, since on a pipelined connection it could stop another caller's
 /// statement (docs/decisions.md).
 ///

@@ -53,19 +53,23 @@ pub struct MultiplexStatus {
     pub stalled: usize,
     /// Callers waiting for room on a connection.
     pub waiting: usize,
+    /// Prepared statements kept over all open connections, each
+    /// connection at most `postgres.multiplex.statement_cache_capacity`.
+    pub statements: usize,
 }
 
 impl fmt::Display for MultiplexStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections {}, open {}, in_flight {} (at most {} each), stalled {}, waiting {}",
+            "connections {}, open {}, in_flight {} (at most {} each), stalled {}, waiting {}, statements {}",
             self.connections,
             self.open,
             self.in_flight,
             self.max_in_flight,
             self.stalled,
-            self.waiting
+            self.waiting,
+            self.statements
         )
     }
 }

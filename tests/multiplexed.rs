@@ -512,3 +512,176 @@ async fn shutdown_past_the_grace_period_cancels_and_closes_what_is_still_in_flig
     );
     assert!(support::sessions_reach(&app, 0, Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_busy_with_an_abandoned_statement_is_not_routed_to_as_idle() {
+    let db = TestDb::create("mux_abandon_routing").await;
+    let mut config = mux_config(&db.url, 2);
+    config.postgres.multiplex.warm_up = true;
+    // Routing by in-flight counts alone: no stall mark within the test.
+    config.postgres.multiplex.stall_threshold = Duration::from_secs(3600);
+    let manager = support::build(config).await;
+    let mux = manager.postgres().unwrap().multiplexed().clone();
+    assert!(
+        support::eventually(Duration::from_secs(10), async || mux.status().open == 2).await,
+        "both connections open"
+    );
+    // A caller gives up on a slow statement; it keeps running on its
+    // connection.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        mux.query_one("SELECT pg_sleep(5)::text, pg_backend_pid()", &[]),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the caller gave up");
+    let sleeping = format!(
+        "SELECT pid::bigint FROM pg_stat_activity WHERE datname = '{}' AND state = 'active' AND query LIKE 'SELECT pg_sleep(5)%'",
+        db.name
+    );
+    let running = format!("SELECT count(*) FROM ({sleeping}) s");
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            support::query_i64(&admin_url(), &running).await == 1
+        })
+        .await,
+        "the abandoned statement runs"
+    );
+    let busy_pid = support::query_i64(&admin_url(), &sleeping).await;
+    // Still counted in flight while the server runs it...
+    assert_eq!(mux.status().in_flight, 1, "{}", mux.status());
+    // ...so every new statement goes to the other connection instead of
+    // queueing behind it.
+    for _ in 0..20 {
+        let pid: i32 = mux
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(
+            i64::from(pid),
+            busy_pid,
+            "routed behind the abandoned statement"
+        );
+    }
+    assert_eq!(
+        support::query_i64(&admin_url(), &sleeping).await,
+        busy_pid,
+        "the abandoned statement was still running throughout"
+    );
+    // Its place is given back once the server has answered it.
+    assert!(
+        support::eventually(Duration::from_secs(15), async || mux.status().in_flight
+            == 0)
+        .await,
+        "{}",
+        mux.status()
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_statements_are_refused_with_the_server_down_without_connecting() {
+    let closed_port = support::free_port();
+    let mut config = pg_config(&format!(
+        "postgres://nobody:secret@127.0.0.1:{closed_port}/nowhere"
+    ));
+    // A statement that went to the network would wait this long and then
+    // fail with PoolTimeout, not SessionRequired.
+    config.postgres.multiplex.wait_timeout = Duration::from_secs(30);
+    let manager = DatabaseManager::builder()
+        .config(config)
+        .build_lazy()
+        .expect("build_lazy opens nothing");
+    let pool = manager.postgres().unwrap();
+    let mux = pool.multiplexed();
+    for (sql, recognised) in [
+        ("BEGIN", "BEGIN"),
+        ("START TRANSACTION", "START TRANSACTION"),
+        ("COMMIT", "COMMIT"),
+        ("END", "END"),
+        ("ROLLBACK", "ROLLBACK"),
+        ("ABORT", "ABORT"),
+        ("SAVEPOINT a", "SAVEPOINT"),
+        ("RELEASE SAVEPOINT a", "RELEASE SAVEPOINT"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("EXECUTE p", "EXECUTE"),
+        ("DEALLOCATE p", "DEALLOCATE"),
+        ("SET search_path = x", "SET"),
+        ("RESET ALL", "RESET"),
+        ("LISTEN jobs", "LISTEN"),
+        ("UNLISTEN jobs", "UNLISTEN"),
+        ("DECLARE c CURSOR FOR SELECT 1", "DECLARE (a cursor)"),
+        ("FETCH c", "FETCH"),
+        ("MOVE c", "MOVE"),
+        ("CLOSE c", "CLOSE"),
+        ("DISCARD ALL", "DISCARD"),
+        ("LOCK TABLE t", "LOCK"),
+        ("LOAD 'auto_explain'", "LOAD"),
+        ("CREATE TEMP TABLE scratch (id int)", "CREATE TEMP TABLE"),
+        ("SELECT * INTO TEMP t FROM x", "SELECT INTO TEMP"),
+        ("SELECT pg_advisory_lock(1)", "a session advisory lock"),
+    ] {
+        match mux.execute(sql, &[]).await {
+            Err(Error::SessionRequired { statement }) => assert_eq!(statement, recognised),
+            other => panic!("{sql}: expected SessionRequired, got {other:?}"),
+        }
+        match mux.query(sql, &[]).await {
+            Err(Error::SessionRequired { .. }) => {}
+            other => panic!("{sql}: expected SessionRequired, got {other:?}"),
+        }
+    }
+    // Nothing was opened, nor tried.
+    assert_eq!(mux.status().open, 0, "{}", mux.status());
+    assert_eq!(pool.stats().created, 0);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_stats_count_multiplexed_connections_and_timeouts() {
+    let db = TestDb::create("mux_stats").await;
+    let mut config = mux_config(&db.url, 3);
+    config.postgres.multiplex.max_in_flight = 1;
+    config.postgres.multiplex.wait_timeout = Duration::from_millis(200);
+    let manager = support::build(config).await;
+    let pool = manager.postgres().unwrap();
+    let mux = pool.multiplexed().clone();
+    let pooled = pool.stats().created;
+    mux.query_one("SELECT 1", &[]).await.unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(10), async || mux.status().open == 3).await,
+        "{}",
+        mux.status()
+    );
+    assert_eq!(pool.stats().created, pooled + 3);
+    // Every place taken, one more caller times out.
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let mux = mux.clone();
+            tokio::spawn(async move { mux.execute("SELECT pg_sleep(1)", &[]).await })
+        })
+        .collect();
+    assert!(
+        support::eventually(Duration::from_secs(10), async || mux.status().in_flight
+            == 3)
+        .await,
+        "{}",
+        mux.status()
+    );
+    let timeouts = pool.stats().acquire_timeouts;
+    assert!(matches!(
+        mux.query_one("SELECT 1", &[]).await,
+        Err(Error::PoolTimeout { .. })
+    ));
+    assert_eq!(pool.stats().acquire_timeouts, timeouts + 1);
+    for holder in holders {
+        holder.await.unwrap().unwrap();
+    }
+    let pool_open = pool.status().open as u64;
+    manager.shutdown().await.unwrap();
+    // The pool's own connections and the handle's three.
+    assert!(
+        pool.stats().closed_shutdown >= pool_open + 3,
+        "{:?}",
+        pool.stats()
+    );
+}

@@ -12,6 +12,11 @@ use crate::error::{Problems, pool_size, positive, positive_opt};
 /// cannot make callers queue without bound.
 const MAX_IN_FLIGHT: usize = 100_000;
 
+/// The most statements one multiplexed connection may keep prepared: room
+/// for any real application's distinct texts, low enough that a typo
+/// cannot make the cache (and the backend's memory) unbounded in practice.
+const MAX_STATEMENT_CACHE_CAPACITY: usize = 100_000;
+
 /// Multiplexed mode settings (`[postgres.multiplex]`), used by
 /// `db.postgres()?.multiplexed()`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +51,13 @@ pub struct PostgresMultiplexConfig {
     /// first call to the handle, so a service that never uses it pays
     /// nothing. Default: `false`.
     pub warm_up: bool,
+    /// Prepared statements each connection keeps, by SQL text. A new text
+    /// beyond it closes the least recently used statement on the server,
+    /// so a backend never holds more than this many of the handle's
+    /// statements (each costs the backend memory: about 6 KB for a trivial
+    /// one, much more for a large plan). At least 1. Default: 100 (sqlx's
+    /// default).
+    pub statement_cache_capacity: usize,
 }
 
 impl Default for PostgresMultiplexConfig {
@@ -57,6 +69,7 @@ impl Default for PostgresMultiplexConfig {
             stall_threshold: Duration::from_millis(100),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             warm_up: false,
+            statement_cache_capacity: 100,
         }
     }
 }
@@ -83,6 +96,21 @@ impl PostgresMultiplexConfig {
             p,
         );
         positive_opt("postgres.multiplex.max_lifetime", self.max_lifetime, p);
+        if self.statement_cache_capacity == 0 {
+            // No cache would mean an unnamed statement per call, which a
+            // pipeline shared by many callers cannot use safely: refused
+            // rather than given a meaning (docs/decisions.md).
+            p.push(
+                "postgres.multiplex.statement_cache_capacity",
+                "must be at least 1",
+            );
+        }
+        if self.statement_cache_capacity > MAX_STATEMENT_CACHE_CAPACITY {
+            p.push(
+                "postgres.multiplex.statement_cache_capacity",
+                format!("must be at most {MAX_STATEMENT_CACHE_CAPACITY}"),
+            );
+        }
     }
 }
 
@@ -91,10 +119,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zero_connections_or_in_flight_are_refused_naming_the_key() {
+    fn zero_connections_in_flight_or_cache_capacity_are_refused_naming_the_key() {
         let config = PostgresMultiplexConfig {
             connections: 0,
             max_in_flight: 0,
+            statement_cache_capacity: 0,
             ..PostgresMultiplexConfig::default()
         };
         let mut problems = Problems::default();
@@ -103,6 +132,25 @@ mod tests {
         assert!(error.contains("postgres.multiplex.connections"), "{error}");
         assert!(
             error.contains("postgres.multiplex.max_in_flight"),
+            "{error}"
+        );
+        assert!(
+            error.contains("postgres.multiplex.statement_cache_capacity"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_statement_cache_past_its_ceiling_is_refused() {
+        let config = PostgresMultiplexConfig {
+            statement_cache_capacity: MAX_STATEMENT_CACHE_CAPACITY + 1,
+            ..PostgresMultiplexConfig::default()
+        };
+        let mut problems = Problems::default();
+        config.check(&mut problems);
+        let error = problems.into_result().unwrap_err().to_string();
+        assert!(
+            error.contains("postgres.multiplex.statement_cache_capacity"),
             "{error}"
         );
     }

@@ -2,15 +2,15 @@
 //! use at once (the driver pipelines their statements on the socket), the
 //! counters routing reads, and the statements prepared on it.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_postgres::{Client, Statement};
 
+use super::cache::StatementCache;
 use super::session_sql::session_statement;
 use crate::error::{Error, Result};
 use crate::metrics::PoolLabel;
@@ -40,10 +40,9 @@ pub(super) struct MuxConnection {
     closed: Arc<AtomicBool>,
     /// When the connection is to be replaced.
     expires_at: Option<Instant>,
-    /// Statements prepared on this connection, by SQL text. Read on every
-    /// call, written once per text: a read lock is a shared, uncontended
-    /// counter.
-    statements: RwLock<HashMap<Box<str>, Statement>>,
+    /// Statements prepared on this connection, by SQL text, least recently
+    /// used evicted (and closed on the server) past its capacity.
+    statements: StatementCache,
     pub cancel: Canceller,
     task: AbortHandle,
 }
@@ -56,6 +55,7 @@ impl MuxConnection {
         driver: &Driver,
         shared: &Shared,
         max_lifetime: Option<Duration>,
+        statement_cache_capacity: usize,
         ended: Arc<Notify>,
         live: Arc<AtomicUsize>,
     ) -> Result<Arc<MuxConnection>> {
@@ -110,6 +110,8 @@ impl MuxConnection {
         }
         let took = started.elapsed();
         crate::metrics::connection_created(PoolLabel::MULTIPLEX, Some(took));
+        // The pool's `stats()` counts the handle's connections too.
+        shared.counters.created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "dbmanager::postgres", took_ms = took.as_millis() as u64, "opened a multiplexed connection");
         let expires_at = max_lifetime.map(|lifetime| {
             let jitter = lifetime.mul_f64(LIFETIME_JITTER * fastrand::f64());
@@ -123,9 +125,14 @@ impl MuxConnection {
             stalled: AtomicBool::new(false),
             closed,
             expires_at,
-            statements: RwLock::new(HashMap::new()),
+            statements: StatementCache::new(statement_cache_capacity),
             task: task.abort_handle(),
         }))
+    }
+
+    /// The head of the pipeline moved: a statement was answered.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether new work may be sent on it.
@@ -152,29 +159,43 @@ impl MuxConnection {
     /// The prepared statement for `sql` on this connection: from the cache,
     /// or checked for session statements and prepared once.
     ///
+    /// The prepare runs in a task of its own, so a caller that gives up
+    /// while it is in flight leaves no statement behind on the server that
+    /// nothing would close: the task still puts it in the cache (where it
+    /// counts against the capacity and is closed when evicted).
+    ///
     /// # Errors
     ///
     /// [`Error::SessionRequired`] for a statement that needs a session;
     /// the server's error when it cannot be prepared.
-    pub async fn statement(&self, sql: &str) -> Result<Statement> {
-        if let Some(statement) = self
-            .statements
-            .read()
-            .expect("statement cache lock")
-            .get(sql)
-        {
-            return Ok(statement.clone());
+    pub async fn statement(self: &Arc<Self>, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement);
         }
         if let Some(statement) = session_statement(sql) {
             return Err(Error::SessionRequired { statement });
         }
-        let statement = self.client.prepare(sql).await?;
-        self.statements
-            .write()
-            .expect("statement cache lock")
-            .entry(sql.into())
-            .or_insert_with(|| statement.clone());
-        Ok(statement)
+        let conn = self.clone();
+        let sql: Box<str> = sql.into();
+        let prepare = tokio::spawn(async move {
+            let statement = conn.client.prepare(&sql).await?;
+            Ok::<_, Error>(conn.statements.insert(&sql, statement))
+        });
+        match prepare.await {
+            Ok(result) => result,
+            // A panic inside tokio-postgres is carried on as it would have
+            // been without the task.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels the task.
+            Err(_) => Err(Error::ShuttingDown {
+                backend: crate::error::Backend::Postgres,
+            }),
+        }
+    }
+
+    /// Statements prepared and kept on this connection now.
+    pub fn statements_cached(&self) -> usize {
+        self.statements.len()
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::state::MuxState;
 use crate::clock::wait_until;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::CloseReason;
 
 /// How long cancel requests and closing sockets may take after the grace
 /// period, as for the pool.
@@ -46,11 +46,7 @@ impl MuxState {
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        metrics::connections_closed(
-            metrics::PoolLabel::MULTIPLEX,
-            CloseReason::Shutdown,
-            connections.len() as u64,
-        );
+        self.closed(CloseReason::Shutdown, connections.len() as u64);
         if forced > 0 {
             tracing::warn!(target: "dbmanager::postgres", forced, "grace period over; cancelling statements still in flight on multiplexed connections and closing them");
             let busy: Vec<_> = connections

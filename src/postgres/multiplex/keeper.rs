@@ -49,6 +49,7 @@ impl MuxState {
             &self.driver,
             &self.pool,
             self.settings.max_lifetime,
+            self.settings.statement_cache_capacity,
             self.wake.clone(),
             self.live.clone(),
         )
@@ -76,7 +77,7 @@ impl MuxState {
                 } else {
                     metrics::CloseReason::Broken
                 };
-                metrics::connections_closed(metrics::PoolLabel::MULTIPLEX, reason, 1);
+                self.closed(reason, 1);
                 // Statements still in flight on an expired connection are
                 // answered; it closes when their callers let go of it.
             }

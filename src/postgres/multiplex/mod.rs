@@ -8,6 +8,7 @@
 //! the statement behind the others already sent, and answers come back in
 //! order. Nothing session-bound can go this way (see [`Multiplexed`]).
 
+mod cache;
 mod connection;
 mod drain;
 mod keeper;
@@ -32,7 +33,9 @@ use state::MuxState;
 /// For **single autocommit statements that need no session**: each call is
 /// one statement, committed on its own, on whichever connection has the
 /// fewest statements in flight. SQL text is prepared once per connection
-/// and cached. A failing statement fails only its own caller.
+/// and cached, at most `postgres.multiplex.statement_cache_capacity`
+/// statements per connection (the least recently used is closed on the
+/// server to make room). A failing statement fails only its own caller.
 ///
 /// What needs a session is refused with [`Error::SessionRequired`] where
 /// the SQL text shows it (`BEGIN`/`COMMIT`/`ROLLBACK`/`SAVEPOINT`, `SET`,
@@ -40,6 +43,7 @@ use state::MuxState;
 /// TABLE`, `LOCK`, `PREPARE`/`EXECUTE`, session advisory locks) and must
 /// not be sent otherwise (a function that calls `set_config(..., false)`,
 /// say): use [`PostgresPool::get`] for anything that needs a session.
+/// The refusal needs no connection: it comes before any connect or wait.
 ///
 /// Back-pressure: each connection takes at most
 /// `postgres.multiplex.max_in_flight` statements at once; further callers
@@ -49,7 +53,8 @@ use state::MuxState;
 /// statements on pooled connections.
 ///
 /// A caller that gives up (its future dropped) only stops waiting: its
-/// statement still runs and its answer is discarded. No cancel request is
+/// statement still runs, its answer is discarded, and its connection counts
+/// it in flight until the server has answered it. No cancel request is
 /// sent, since on a pipelined connection it could stop another caller's
 /// statement (docs/decisions.md).
 ///
@@ -137,9 +142,7 @@ impl Multiplexed {
     ///
     /// [`Error::SessionRequired`] for a statement this handle refuses.
     pub fn statement(&self, sql: &str) -> Result<MultiplexedStatement> {
-        if let Some(statement) = session_sql::session_statement(sql) {
-            return Err(Error::SessionRequired { statement });
-        }
+        refuse_session(sql)?;
         Ok(MultiplexedStatement { sql: sql.into() })
     }
 
@@ -228,10 +231,15 @@ impl Multiplexed {
     where
         S: MultiplexSql + ?Sized,
     {
-        let place = self.state.acquire().await?;
+        let sql = statement.sql();
+        // Checked here only when no connection has room at once (on an
+        // unused handle, or with the server down): a refused statement
+        // then costs no connection and no wait. Otherwise the check runs
+        // once per text and connection, before it is first prepared.
+        let mut place = self.state.acquire(|| refuse_session(sql)).await?;
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = match place.conn.statement(statement.sql()).await {
+        let result = match place.conn.statement(sql).await {
             Ok(prepared) => call(&place.conn.client, &prepared)
                 .await
                 .map_err(Error::from),
@@ -242,8 +250,9 @@ impl Multiplexed {
                 // Its other statements fail too; the keeper replaces it.
                 place.conn.mark_closed();
                 self.state.wake.notify_one();
+                place.over();
             }
-            Err(Error::SessionRequired { .. }) => {}
+            Err(Error::SessionRequired { .. }) => place.over(),
             _ => place.answered(),
         }
         #[cfg(feature = "metrics")]
@@ -278,6 +287,14 @@ impl Multiplexed {
     /// in flight when it ran out (and were ended).
     pub(crate) async fn drain(&self, grace: Duration) -> usize {
         self.state.drain(grace).await
+    }
+}
+
+/// [`Error::SessionRequired`] for a statement that needs a session.
+fn refuse_session(sql: &str) -> Result<()> {
+    match session_sql::session_statement(sql) {
+        Some(statement) => Err(Error::SessionRequired { statement }),
+        None => Ok(()),
     }
 }
 

@@ -14,39 +14,74 @@ use std::time::Instant;
 use super::connection::MuxConnection;
 use super::state::MuxState;
 use crate::error::{Backend, Error, Result};
-use crate::metrics::{self, PoolLabel};
+use crate::metrics;
 
-/// A place in one connection's pipeline, held for one statement. Dropping
-/// it (the statement answered, failed, or its caller gave up) gives the
-/// place back.
-pub(super) struct InFlight<'a> {
+/// A place in one connection's pipeline, held for one statement until the
+/// server has answered it. Dropping it after [`InFlight::answered`] (or a
+/// failure) gives the place back at once. Dropped before (its caller gave
+/// up), the statement may still be in the pipeline: the place stays taken
+/// until a `Sync` sent behind it is answered, so routing never sees a
+/// connection still busy with abandoned work as free.
+pub(super) struct InFlight {
     pub conn: Arc<MuxConnection>,
-    state: &'a MuxState,
+    state: Arc<MuxState>,
+    /// Whether the statement is known to be over (answered or failed).
+    over: bool,
 }
 
-impl InFlight<'_> {
+impl InFlight {
     /// The statement was answered: the head of this connection's pipeline
     /// moved. A connection answering again is no longer stalled.
-    pub fn answered(&self) {
-        self.conn.answered.fetch_add(1, Ordering::Relaxed);
+    pub fn answered(&mut self) {
+        self.over = true;
+        self.conn.answered();
         if self.conn.stalled.load(Ordering::Relaxed) {
             self.conn.stalled.store(false, Ordering::Relaxed);
             self.state.room.notify_waiters();
         }
     }
+
+    /// The statement ended without an answer the pipeline moved on from
+    /// (refused before sending, or the connection is gone).
+    pub fn over(&mut self) {
+        self.over = true;
+    }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        // SeqCst pairs with the waiters' increment of `waiting` before they
-        // look for room: either they see this place free, or this sees them.
-        self.conn.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.state.waiting.load(Ordering::SeqCst) > 0 {
-            self.state.room.notify_one();
+        if !self.over
+            && self.conn.is_open()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The caller gave up with its statement possibly still queued
+            // or running: a `Sync` written now is answered only after it,
+            // in order, and then the place is given back. No cancel
+            // request: on a shared pipeline it could stop another caller's
+            // statement (docs/decisions.md).
+            let (conn, state) = (self.conn.clone(), self.state.clone());
+            runtime.spawn(async move {
+                if conn.client.check_connection().await.is_ok() {
+                    conn.answered();
+                }
+                release(&conn, &state);
+            });
+            return;
         }
-        if self.state.is_draining() {
-            self.state.drained.notify_waiters();
-        }
+        release(&self.conn, &self.state);
+    }
+}
+
+/// Gives a place back and wakes whoever waits for one.
+fn release(conn: &MuxConnection, state: &MuxState) {
+    // SeqCst pairs with the waiters' increment of `waiting` before they
+    // look for room: either they see this place free, or this sees them.
+    conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if state.waiting.load(Ordering::SeqCst) > 0 {
+        state.room.notify_one();
+    }
+    if state.is_draining() {
+        state.drained.notify_waiters();
     }
 }
 
@@ -61,13 +96,15 @@ impl Drop for Waiting<'_> {
 
 impl MuxState {
     /// A place on the connection with the fewest statements in flight,
-    /// waiting up to `wait_timeout` for one.
+    /// waiting up to `wait_timeout` for one. `vet` runs when no place is
+    /// free at once, before the handle connects or waits: a statement it
+    /// refuses costs no connection.
     ///
     /// # Errors
     ///
     /// [`Error::ShuttingDown`] once shutdown began; [`Error::PoolTimeout`]
-    /// when no connection had room in time.
-    pub async fn acquire(self: &Arc<Self>) -> Result<InFlight<'_>> {
+    /// when no connection had room in time; `vet`'s error.
+    pub async fn acquire(self: &Arc<Self>, vet: impl FnOnce() -> Result<()>) -> Result<InFlight> {
         if self.is_draining() {
             return Err(shutting_down());
         }
@@ -75,6 +112,7 @@ impl MuxState {
             metrics::multiplex_waited(std::time::Duration::ZERO);
             return Ok(place);
         }
+        vet()?;
         self.start();
         let started = Instant::now();
         let deadline = crate::clock::deadline_after(self.settings.wait_timeout);
@@ -93,7 +131,7 @@ impl MuxState {
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 let pool = self.pool_status();
-                metrics::acquire_timeout(PoolLabel::MULTIPLEX);
+                self.acquire_timed_out();
                 tracing::warn!(target: "dbmanager::postgres", status = %self.status(), "timed out waiting for room on a multiplexed connection");
                 return Err(Error::PoolTimeout {
                     backend: Backend::Postgres,
@@ -108,7 +146,7 @@ impl MuxState {
     /// statements in flight; on a stalled one only when every open
     /// connection is stalled (routing around them all would stop the
     /// handle). `None` when every open connection is full, or none is open.
-    fn try_route(&self) -> Option<InFlight<'_>> {
+    fn try_route(self: &Arc<Self>) -> Option<InFlight> {
         let max = self.settings.max_in_flight;
         let slots = self.slots.read().expect("multiplex slots lock");
         let n = slots.len();
@@ -155,7 +193,8 @@ impl MuxState {
             if claimed {
                 return Some(InFlight {
                     conn: chosen.clone(),
-                    state: self,
+                    state: self.clone(),
+                    over: false,
                 });
             }
         }

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::connection::MuxConnection;
 use crate::config::PostgresMultiplexConfig;
+use crate::metrics::{CloseReason, PoolLabel};
 use crate::pool_status::{MultiplexStatus, PoolStatus};
 use crate::postgres::connect::Driver;
 use crate::postgres::shared::Shared;
@@ -58,6 +59,33 @@ impl MuxState {
         }
     }
 
+    /// Counts `count` connections closed for `reason`, in the metrics
+    /// under the `multiplex` pool and in the pool's `stats()`.
+    pub fn closed(&self, reason: CloseReason, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let counters = &self.pool.counters;
+        let counter = match reason {
+            CloseReason::Lifetime => &counters.closed_lifetime,
+            CloseReason::Shutdown => &counters.closed_shutdown,
+            // Found closed when replaced: the only other reason here.
+            _ => &counters.closed_broken,
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
+        crate::metrics::connections_closed(PoolLabel::MULTIPLEX, reason, count);
+    }
+
+    /// A caller gave up waiting for room, in the metrics and in the pool's
+    /// `stats()`.
+    pub fn acquire_timed_out(&self) {
+        self.pool
+            .counters
+            .acquire_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::acquire_timeout(PoolLabel::MULTIPLEX);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -89,6 +117,7 @@ impl MuxState {
                 .filter(|c| c.stalled.load(Ordering::Relaxed))
                 .count(),
             waiting: self.waiting.load(Ordering::Relaxed),
+            statements: open.iter().map(|c| c.statements_cached()).sum(),
         }
     }
 
@@ -101,7 +130,7 @@ impl MuxState {
             .filter(|c| c.in_flight.load(Ordering::Relaxed) > 0)
             .count();
         PoolStatus {
-            name: crate::metrics::PoolLabel::MULTIPLEX.pool,
+            name: PoolLabel::MULTIPLEX.pool,
             max_size: self.settings.connections,
             open: open.len(),
             idle: open.len() - in_use,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dbmanager::{DatabaseManager, Error};
 use futures_util::{SinkExt, StreamExt};
-use support::{TestDb, admin_url, build, pg_config, sql};
+use support::{FaultProxy, PgCluster, TestDb, admin_url, build, pg_config, sql};
 
 /// What became of one id's write, as its caller saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,8 @@ struct Ledger {
     dirty_sessions: AtomicI64,
     slow_checkouts: Mutex<Vec<Duration>>,
     errors: Mutex<HashMap<String, u64>>,
+    /// Operation latencies (µs) since the last sample.
+    latencies: Mutex<Vec<u64>>,
 }
 
 impl Ledger {
@@ -350,10 +352,16 @@ async fn task(
             _ => None,
         };
         let written = &ids[..count];
+        let began = Instant::now();
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, run(&db, &ledger, op, ids)).await,
             None => Ok(run(&db, &ledger, op, ids).await),
         };
+        ledger
+            .latencies
+            .lock()
+            .unwrap()
+            .push(began.elapsed().as_micros() as u64);
         match result {
             Ok(Ok(())) => ledger.record(written, success, op.name()),
             Ok(Err(error)) => {
@@ -381,32 +389,189 @@ async fn task(
     }
 }
 
-/// Terminates one of the pool's backends now and then.
-async fn terminator(
+/// The server faults of a run: `terminate` (the default, for CI) ends one
+/// of the pool's backends now and then; `all` (the soak) also restarts the
+/// server, freezes every flow through a proxy and stalls new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Faults {
+    Terminate,
+    All,
+}
+
+fn faults() -> Faults {
+    match std::env::var("DBMANAGER_ORACLE_FAULTS").as_deref() {
+        Ok("all") => Faults::All,
+        Ok("terminate") | Err(_) => Faults::Terminate,
+        Ok(other) => panic!("DBMANAGER_ORACLE_FAULTS is `terminate` or `all`, not {other:?}"),
+    }
+}
+
+/// Where the oracle's server runs: the suite's, or (for `all`) a cluster
+/// of its own behind a fault proxy.
+struct Server {
+    /// The pool's URL.
+    url: String,
+    /// A superuser URL that bypasses the proxy.
+    admin: String,
+    cluster: Option<PgCluster>,
+    proxy: Option<FaultProxy>,
+    _db: Option<TestDb>,
+}
+
+impl Server {
+    async fn start(faults: Faults) -> Server {
+        match faults {
+            Faults::Terminate => {
+                let db = TestDb::create("oracle").await;
+                Server {
+                    url: db.url.clone(),
+                    admin: admin_url(),
+                    cluster: None,
+                    proxy: None,
+                    _db: Some(db),
+                }
+            }
+            Faults::All => {
+                let cluster = tokio::task::spawn_blocking(|| PgCluster::start_new("oracle-pw"))
+                    .await
+                    .unwrap();
+                let admin = cluster.url("postgres");
+                let (proxy, url) = FaultProxy::in_front_of(&admin).await;
+                Server {
+                    url,
+                    admin,
+                    cluster: Some(cluster),
+                    proxy: Some(proxy),
+                    _db: None,
+                }
+            }
+        }
+    }
+}
+
+/// Injects faults now and then until `stop`; returns what it did.
+async fn fault_injector(
+    server: Arc<Server>,
+    faults: Faults,
     application_name: String,
     mut rng: fastrand::Rng,
     stop: Arc<AtomicBool>,
-) -> u64 {
-    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .expect("an admin connection");
-    tokio::spawn(connection);
-    let mut terminated = 0;
+) -> HashMap<&'static str, u64> {
+    let mut done: HashMap<&'static str, u64> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
-        let rows = client
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND pid <> pg_backend_pid() \
-                 ORDER BY random() LIMIT 1",
-                &[&application_name],
-            )
-            .await;
-        if let Ok(rows) = rows {
-            terminated += rows.len() as u64;
+        let fault = match faults {
+            Faults::Terminate => 0,
+            Faults::All => rng.u8(..20),
+        };
+        match fault {
+            // Mostly terminations; now and then the rest.
+            0..=15 => {
+                if terminate_one(&server.admin, &application_name).await {
+                    *done.entry("terminate").or_default() += 1;
+                }
+            }
+            16 => {
+                let cluster = server.clone();
+                tokio::task::spawn_blocking(move || {
+                    let cluster = cluster.cluster.as_ref().expect("its own cluster");
+                    cluster.stop();
+                    std::thread::sleep(Duration::from_millis(500));
+                    cluster.start();
+                })
+                .await
+                .unwrap();
+                *done.entry("restart").or_default() += 1;
+            }
+            17 | 18 => {
+                let proxy = server.proxy.as_ref().expect("a proxy");
+                proxy.freeze();
+                tokio::time::sleep(Duration::from_millis(rng.u64(500..3000))).await;
+                proxy.thaw();
+                *done.entry("freeze").or_default() += 1;
+            }
+            _ => {
+                let proxy = server.proxy.as_ref().expect("a proxy");
+                proxy.stall_new(Duration::from_millis(rng.u64(500..3000)));
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                proxy.stall_new(Duration::ZERO);
+                *done.entry("stall new connections").or_default() += 1;
+            }
         }
     }
-    terminated
+    done
+}
+
+async fn terminate_one(admin: &str, application_name: &str) -> bool {
+    let Ok((client, connection)) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid() \
+             ORDER BY random() LIMIT 1",
+            &[&application_name],
+        )
+        .await
+        .is_ok_and(|rows| !rows.is_empty())
+}
+
+/// Every `every`, one line of figures to `path` (CSV): seconds, client
+/// RSS (KiB), open connections, errors so far, p99 latency (ms) of the
+/// operations since the last line.
+async fn sampler(
+    path: std::path::PathBuf,
+    every: Duration,
+    db: DatabaseManager,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(&path).expect("the samples file");
+    writeln!(
+        file,
+        "seconds,rss_kib,open_connections,errors,p99_ms,acknowledged"
+    )
+    .unwrap();
+    let began = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let open = db.postgres().map(|p| p.status().open).unwrap_or(0);
+        let errors: u64 = ledger.errors.lock().unwrap().values().sum();
+        let acknowledged = ledger
+            .outcomes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|(o, _)| *o == Outcome::Acknowledged)
+            .count();
+        let mut window = std::mem::take(&mut *ledger.latencies.lock().unwrap());
+        window.sort_unstable();
+        let p99 = window
+            .get((window.len() * 99 / 100).min(window.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0);
+        writeln!(
+            file,
+            "{},{rss},{open},{errors},{:.2},{acknowledged}",
+            began.elapsed().as_secs(),
+            p99 as f64 / 1000.0
+        )
+        .unwrap();
+        file.flush().unwrap();
+    }
 }
 
 fn seed() -> u64 {
@@ -431,15 +596,18 @@ fn duration() -> Duration {
 async fn every_acknowledged_write_is_present_exactly_once_and_no_session_is_dirty() {
     let seed = seed();
     let run_for = duration();
-    println!("oracle seed {seed} (replay: DBMANAGER_ORACLE_SEED={seed}), running {run_for:?}");
-    let db = TestDb::create("oracle").await;
+    let faults = faults();
+    println!(
+        "oracle seed {seed} (replay: DBMANAGER_ORACLE_SEED={seed}), running {run_for:?} with faults {faults:?}"
+    );
+    let server = Arc::new(Server::start(faults).await);
     // No primary key: a write applied twice must show as two rows.
     sql(
-        &db.url,
+        &server.url,
         "CREATE TABLE oracle (id bigint NOT NULL, op text NOT NULL)",
     )
     .await;
-    let mut config = pg_config(&db.url);
+    let mut config = pg_config(&server.url);
     config.postgres.pool.max_size = 2;
     config.postgres.pool.min_idle = 2;
     config.postgres.pool.wait_timeout = Duration::from_secs(10);
@@ -460,11 +628,27 @@ async fn every_acknowledged_write_is_present_exactly_once_and_no_session_is_dirt
             ))
         })
         .collect();
-    let faults = tokio::spawn(terminator(
+    let injector = tokio::spawn(fault_injector(
+        server.clone(),
+        faults,
         application_name,
         fastrand::Rng::with_seed(rng.u64(..)),
         stop.clone(),
     ));
+    let sampling = std::env::var_os("DBMANAGER_ORACLE_SAMPLES").map(|path| {
+        let every = if run_for >= Duration::from_secs(600) {
+            30
+        } else {
+            5
+        };
+        tokio::spawn(sampler(
+            path.into(),
+            Duration::from_secs(every),
+            manager.clone(),
+            ledger.clone(),
+            stop.clone(),
+        ))
+    });
     tokio::time::sleep(run_for).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -473,11 +657,22 @@ async fn every_acknowledged_write_is_present_exactly_once_and_no_session_is_dirt
             .expect("a task ended within its bounds")
             .expect("a task panicked");
     }
-    let terminated = faults.await.unwrap();
+    let injected = injector.await.unwrap();
+    if let Some(sampling) = sampling {
+        sampling.await.unwrap();
+    }
+    if let Some(proxy) = &server.proxy {
+        proxy.thaw();
+    }
     manager.shutdown().await.expect("shutdown");
     let stats = manager.postgres().unwrap().stats();
 
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+    // The table is read directly, past the proxy.
+    let direct = match &server.cluster {
+        Some(cluster) => cluster.url("postgres"),
+        None => server.url.clone(),
+    };
+    let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
@@ -517,7 +712,7 @@ async fn every_acknowledged_write_is_present_exactly_once_and_no_session_is_dirt
     }
     let mut errors: Vec<_> = ledger.errors.lock().unwrap().clone().into_iter().collect();
     errors.sort();
-    println!("outcomes: {by_outcome:?}; backends terminated: {terminated}");
+    println!("outcomes: {by_outcome:?}; faults: {injected:?}");
     println!("pool: {stats:?}");
     for (class, count) in &errors {
         println!("  {count:>6}  {class}");

@@ -79,8 +79,12 @@ pub(crate) struct PgOptions {
     /// `sslmode` as written; `None` when absent (libpq: `prefer`, or
     /// `verify-full` with `sslrootcert=system`).
     pub sslmode: Option<SslMode>,
+    /// The certificate files, read by the TLS connector (feature `tls`).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub sslrootcert: Option<String>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub sslcert: Option<String>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub sslkey: Option<String>,
 }
 

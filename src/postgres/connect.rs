@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::config::libpq::{PgOptions, SslMode};
+#[cfg(feature = "tls")]
+use crate::config::libpq::PgOptions;
+use crate::config::libpq::SslMode;
 use crate::config::{DatabaseUrl, PostgresConfig, parse_driver_config, scrub};
 use crate::error::{Backend, Error, FailureKind, classify_postgres, describe_postgres};
 

@@ -14,8 +14,11 @@
 //!   address is tried once more without TLS. `allow`: a plain attempt
 //!   answered with an error response is tried once more with TLS. Both
 //!   within the same per-address bound, as libpq.
-//! - Any failure moves on to the next address; the last failure is the
-//!   error.
+//! - A socket that cannot be opened, a timeout, a `target_session_attrs`
+//!   refusal and a server that is not available (starting, stopping, full)
+//!   move on to the next address; credentials or pg_hba.conf refused, an
+//!   unknown database and TLS failures end the attempt, as in libpq
+//!   ([`ends_the_list`]). The last failure is the error.
 
 use std::future::Future;
 use std::io;
@@ -81,14 +84,22 @@ pub(super) async fn open(
             }
         };
         for address in addresses {
+            // The TLS server name: the host's name, else (a bare
+            // `hostaddr`) the address itself, as libpq.
+            let tls_name = match (&hostname, &address) {
+                (Some(name), _) => Some(name.clone()),
+                (None, Address::Tcp(ip)) => Some(ip.to_string()),
+                (None, Address::Unix(_)) => None,
+            };
             let endpoint = Endpoint {
                 address,
                 port: entry.port,
-                hostname: hostname.clone(),
+                hostname: tls_name,
                 timeout,
             };
             match at_address(endpoint, driver, target, secrets).await {
                 Ok(opened) => return Ok(opened),
+                Err(e) if ends_the_list(&e) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -102,6 +113,30 @@ pub(super) async fn open(
             target,
         )
     }))
+}
+
+/// Whether a failure at one address ends the whole attempt instead of
+/// moving on to the next address. libpq moves on only past a socket that
+/// cannot be opened, a timeout and a `target_session_attrs` refusal: "if a
+/// connection is established successfully, but authentication fails, the
+/// remaining hosts in the list are not tried" (the same credentials, TLS
+/// settings and database name would fail the same way there). So do
+/// credentials refused, pg_hba.conf, a missing database, TLS that cannot
+/// be had and anything unclassified. Unlike libpq, a server that is
+/// starting up, shutting down, full, or that drops the connection during
+/// start-up is passed over too: that says nothing about the other hosts,
+/// and a failover URL lists them for exactly that case.
+fn ends_the_list(error: &Error) -> bool {
+    match error {
+        Error::Connect { kind, .. } => matches!(
+            kind,
+            FailureKind::Authentication
+                | FailureKind::UnknownDatabase
+                | FailureKind::Tls
+                | FailureKind::Other
+        ),
+        _ => true,
+    }
 }
 
 /// The host list of the configuration (the parser gives one port per
@@ -334,7 +369,10 @@ async fn finish(
             });
         }
     }
-    let canceller = Canceller::new(client.cancel_token(), endpoint, driver.tls.clone());
+    // `NoTls` (no `tls` feature) is Copy; the rustls connector is not.
+    #[allow(clippy::clone_on_copy)]
+    let tls = driver.tls.clone();
+    let canceller = Canceller::new(client.cancel_token(), endpoint, tls);
     Ok(Opened {
         client,
         connection,

@@ -435,3 +435,53 @@ impl<S, T: TlsConnect<S>> TlsConnect<S> for Noted<T> {
         self.inner.connect(stream)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_error(kind: FailureKind) -> Error {
+        Error::Connect {
+            backend: Backend::Postgres,
+            target: String::new(),
+            kind,
+            reason: String::new(),
+            code: None,
+            attempts: 1,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn each_sslmode_tries_libpqs_modes_in_libpqs_order() {
+        use DriverSslMode as D;
+        assert_eq!(tls_plan(SslMode::Disable), [D::Disable]);
+        assert_eq!(tls_plan(SslMode::Allow), [D::Disable, D::Require]);
+        assert_eq!(tls_plan(SslMode::Prefer), [D::Prefer, D::Disable]);
+        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(tls_plan(mode), [D::Require]);
+        }
+    }
+
+    #[test]
+    fn refusals_end_the_host_list_and_unavailable_servers_do_not() {
+        for kind in [
+            FailureKind::Authentication,
+            FailureKind::UnknownDatabase,
+            FailureKind::Tls,
+            FailureKind::Other,
+        ] {
+            assert!(ends_the_list(&connect_error(kind)), "{kind:?}");
+        }
+        for kind in [
+            FailureKind::Refused,
+            FailureKind::Reset,
+            FailureKind::Timeout,
+            FailureKind::Io,
+            FailureKind::Unavailable,
+            FailureKind::TooManyConnections,
+        ] {
+            assert!(!ends_the_list(&connect_error(kind)), "{kind:?}");
+        }
+    }
+}

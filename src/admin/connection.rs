@@ -13,7 +13,7 @@ use crate::config::{DatabaseUrl, PostgresConfig, scrub};
 use crate::error::describe_postgres;
 use crate::error::{Error, Result};
 use crate::metrics::PoolLabel;
-use crate::postgres::{Driver, attempt_timeout, connect_error, create_timeout, driver_config};
+use crate::postgres::{Driver, create_timeout, driver_config};
 use crate::retry::{RetryPolicy, retry_notify};
 
 /// `"name"`, with embedded quotes doubled: safe for any identifier.
@@ -67,10 +67,10 @@ impl Server {
             )
         })?;
         Ok(Server {
+            attempt_timeout: driver.attempt_timeout(),
             driver,
             parsed,
             secrets: url.password().into_iter().collect(),
-            attempt_timeout: attempt_timeout(config.pool.connect_timeout),
         })
     }
 
@@ -106,11 +106,14 @@ impl Server {
         let mut config = self.driver.config.clone();
         config.dbname(database);
         let target = self.target(database);
-        let attempt = tokio::time::timeout(self.attempt_timeout, self.driver.connect(&config));
+        let attempt = tokio::time::timeout(
+            self.attempt_timeout,
+            self.driver.connect(&config, &target, &self.secrets),
+        );
         let (client, connection) = attempt
             .await
             .map_err(|_| create_timeout(&target, self.attempt_timeout))
-            .and_then(|connected| connected.map_err(|e| connect_error(&e, &target, &self.secrets)))
+            .and_then(|connected| connected)
             .inspect_err(|e| crate::metrics::connect_failed(PoolLabel::DIRECT, e))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;

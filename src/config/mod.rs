@@ -19,6 +19,8 @@
 //!
 //! Durations are written the human way: `"250ms"`, `"30s"`, `"10min"`.
 
+#[cfg(feature = "postgres")]
+pub(crate) mod libpq;
 mod loader;
 mod migrations;
 mod mongo;

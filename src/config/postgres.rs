@@ -1,7 +1,5 @@
 //! PostgreSQL settings: where to connect, session settings, and the pool.
 
-#[cfg(feature = "postgres")]
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,8 +10,6 @@ use super::secret::DatabaseUrl;
 #[cfg(feature = "postgres")]
 use super::secret::scrub;
 use super::url::ConnectionString;
-#[cfg(feature = "postgres")]
-use crate::error::describe_postgres;
 use crate::error::{Problems, pool_size, positive, positive_opt};
 
 /// PostgreSQL settings (`[postgres]`).
@@ -393,27 +389,15 @@ pub(super) fn check_url(key: &str, url: &DatabaseUrl, p: &mut Problems) {
     }
 }
 
-/// URL parameters handled by dbmanager's TLS connector rather than by
-/// tokio-postgres, which knows only `disable`, `prefer` and `require` and no
-/// CA files; they are taken out before the driver parses the URL.
-#[cfg(feature = "tls")]
-const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
-
-/// Parses a URL or key/value string with tokio-postgres, describing a
-/// failure without the secret.
+/// Parses a URL or key/value string once into typed options
+/// ([`super::libpq::PgOptions`]), describing a failure without the secret.
 #[cfg(feature = "postgres")]
-pub(crate) fn parse_driver_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, String> {
+pub(crate) fn parse_driver_config(url: &DatabaseUrl) -> Result<super::libpq::PgOptions, String> {
     let secrets: Vec<String> = url.password().into_iter().collect();
-    #[cfg(feature = "tls")]
-    let text = ConnectionString::parse(url.expose())
-        .map(|c| c.without_params(TLS_PARAMS))
-        .unwrap_or_else(|_| url.expose().to_string());
-    #[cfg(not(feature = "tls"))]
-    let text = url.expose().to_string();
-    tokio_postgres::Config::from_str(&text).map_err(|e| {
+    super::libpq::PgOptions::parse(url.expose()).map_err(|problem| {
         format!(
-            "is not accepted by the PostgreSQL driver: {}",
-            scrub(&describe_postgres(&e), &secrets)
+            "is not a valid connection string: it {}",
+            scrub(&problem, &secrets)
         )
     })
 }

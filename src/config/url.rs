@@ -297,7 +297,9 @@ fn parse_url(scheme: &str, rest: &str) -> Result<UrlParts, String> {
         return Err("has white space in its host".into());
     }
     for host in hosts.split(',').filter(|h| !h.is_empty()) {
+        // An empty port is libpq's default port.
         if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']'))
+            && !port.is_empty()
             && port.parse::<u16>().is_err()
         {
             return Err("has a port that is not a number from 0 to 65535".into());

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "tls")]
+use crate::config::libpq::PgOptions;
+use crate::config::libpq::SslMode;
 use crate::config::{DatabaseUrl, PostgresConfig, parse_driver_config, scrub};
 use crate::error::{Backend, Error, FailureKind, classify_postgres, describe_postgres};
 
@@ -18,106 +21,123 @@ pub(crate) type Connector = tokio_postgres::NoTls;
 /// What a connection needs: the driver configuration and the TLS connector.
 #[derive(Clone)]
 pub(crate) struct Driver {
+    /// The typed options of the URL plus the `[postgres]` settings. Its
+    /// `ssl_mode` is set per attempt by the connect path from `sslmode`.
     pub config: tokio_postgres::Config,
     pub tls: Connector,
     /// Asked for the password of every new connection, when set.
     pub credentials: Option<super::credentials::PasswordProvider>,
-    /// `sslmode=allow`: `config` connects without TLS; a server that
-    /// refuses that is asked again with TLS.
-    pub plaintext_first: bool,
+    /// libpq's `sslmode` (`prefer` when the URL names none): which TLS
+    /// attempts the connect path makes on each address, and in which order.
+    pub sslmode: SslMode,
 }
-
-/// The task driving one direct connection's socket (outside the pool,
-/// which opens its own under a tap: `super::open`).
-#[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-pub(crate) type DirectTask = tokio_postgres::Connection<
-    tokio_postgres::Socket,
-    <Connector as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
->;
 
 impl Driver {
     /// Opens one direct connection (outside the pool) with `config` (this
-    /// driver's, or one derived from it). Under `sslmode=allow` a plain
-    /// connection is tried first and, when the server answers it with an
-    /// error (pg_hba.conf demanding `hostssl`), an encrypted one, as libpq
-    /// does.
+    /// driver's, or one derived from it), by the pool's own connect path
+    /// ([`super::open::open`]): libpq's host iteration, per-host timeout
+    /// and TLS fallbacks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] for the last host's failure.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) async fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> Result<(tokio_postgres::Client, DirectTask), tokio_postgres::Error> {
-        match config.connect(self.tls.clone()).await {
-            Err(error) if self.plaintext_first && error.as_db_error().is_some() => {
-                let mut encrypted = config.clone();
-                encrypted.ssl_mode(tokio_postgres::config::SslMode::Require);
-                encrypted.connect(self.tls.clone()).await
-            }
-            outcome => outcome,
-        }
+        target: &str,
+        secrets: &[String],
+    ) -> Result<(tokio_postgres::Client, super::open::ConnectionTask), Error> {
+        let mut driver = self.clone();
+        driver.config = config.clone();
+        let opened = super::open::open(&driver, target, secrets).await?;
+        Ok((opened.client, opened.connection))
+    }
+
+    /// The bound on one whole connection attempt over the host list: each
+    /// host gets its connect timeout (libpq's per-host bound, enforced by
+    /// the connect path), plus one more for the `on_connect` hook. A
+    /// safety net: the per-host bounds end the attempt first.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        let hosts = self
+            .config
+            .get_hosts()
+            .len()
+            .max(self.config.get_hostaddrs().len())
+            .max(1);
+        let per_host = super::open::per_host_timeout(&self.config);
+        per_host.saturating_mul(u32::try_from(hosts + 1).unwrap_or(u32::MAX))
     }
 }
 
-/// The TLS side of a URL: tokio-postgres' mode, whether to try without TLS
-/// first (`allow`), and our connector.
+/// The TLS connector for the URL's `sslmode` and certificate files, and
+/// the mode itself.
 #[cfg(feature = "tls")]
-fn tls_settings(
-    url: &DatabaseUrl,
-) -> Result<(tokio_postgres::config::SslMode, bool, Connector), String> {
+fn tls_settings(options: &PgOptions) -> Result<(SslMode, Connector), String> {
     use super::tls::{
         ClientCertificate, PgTls, Verification, client_config, is_system, path_param,
     };
-    use tokio_postgres::config::SslMode;
-    let parsed = crate::config::url::ConnectionString::parse(url.expose())
-        .map_err(|p| format!("is not a valid connection string: it {p}"))?;
-    let root_cert = path_param(parsed.param("sslrootcert"));
+    let root_cert = path_param(options.sslrootcert.clone());
     let system = root_cert.as_deref().is_some_and(is_system);
-    let client = ClientCertificate::from_params(parsed.param("sslcert"), parsed.param("sslkey"))?;
+    let client = ClientCertificate::from_params(options.sslcert.clone(), options.sslkey.clone())?;
     // libpq 16: the system store makes verify-full the default and the
     // only mode allowed, since any CA in it could otherwise vouch for any
     // host.
-    let sslmode = parsed
-        .param("sslmode")
-        .unwrap_or_else(|| if system { "verify-full" } else { "prefer" }.into());
-    if system && sslmode != "verify-full" {
+    let sslmode = options.sslmode.unwrap_or(if system {
+        SslMode::VerifyFull
+    } else {
+        SslMode::Prefer
+    });
+    if system && sslmode != SslMode::VerifyFull {
         return Err(format!(
-            "has sslmode `{sslmode}` with sslrootcert=system, which allows only verify-full (as libpq 16)"
+            "has sslmode `{}` with sslrootcert=system, which allows only verify-full (as libpq 16)",
+            sslmode.name()
         ));
     }
-    let (mode, verification, plaintext_first) = match sslmode.as_str() {
-        "disable" => (SslMode::Disable, Verification::None, false),
-        "allow" => (SslMode::Disable, Verification::None, true),
-        "prefer" => (SslMode::Prefer, Verification::None, false),
+    let verification = match sslmode {
+        SslMode::Disable | SslMode::Allow | SslMode::Prefer => Verification::None,
         // libpq: with a CA file, `require` checks the chain like verify-ca.
-        "require" if root_cert.is_some() => (SslMode::Require, Verification::Chain, false),
-        "require" => (SslMode::Require, Verification::None, false),
-        "verify-ca" => (SslMode::Require, Verification::Chain, false),
-        "verify-full" => (SslMode::Require, Verification::Full, false),
-        other => return Err(format!("has unknown sslmode `{other}`")),
+        SslMode::Require if root_cert.is_some() => Verification::Chain,
+        SslMode::Require => Verification::None,
+        SslMode::VerifyCa => Verification::Chain,
+        SslMode::VerifyFull => Verification::Full,
     };
-    if sslmode == "disable" && parsed.param("channel_binding").as_deref() == Some("require") {
+    if sslmode == SslMode::Disable
+        && options.config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require
+    {
         return Err(
             "has channel_binding=require with sslmode=disable: channel binding needs TLS".into(),
         );
     }
     let config = client_config(verification, root_cert.as_deref(), client.as_ref())?;
-    Ok((mode, plaintext_first, PgTls::new(config)))
+    Ok((sslmode, PgTls::new(config)))
 }
 
 /// The driver configuration for a pool: the URL plus the session settings,
 /// keepalives and timeouts of `[postgres]`. Session settings travel in the
 /// startup packet (`options=-c ...`), so they cost no round trip.
 pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Result<Driver, Error> {
-    let mut pg =
+    let options =
         parse_driver_config(url).map_err(|problem| Error::config("postgres.url", problem))?;
     #[cfg(feature = "tls")]
-    let (tls, plaintext_first) = {
-        let (mode, plaintext_first, tls) =
-            tls_settings(url).map_err(|problem| Error::config("postgres.url", problem))?;
-        pg.ssl_mode(mode);
-        (tls, plaintext_first)
-    };
+    let (sslmode, tls) =
+        tls_settings(&options).map_err(|problem| Error::config("postgres.url", problem))?;
     #[cfg(not(feature = "tls"))]
-    let (tls, plaintext_first) = (tokio_postgres::NoTls, false);
+    let (sslmode, tls) = match options.sslmode {
+        None | Some(SslMode::Disable | SslMode::Allow | SslMode::Prefer) => {
+            (SslMode::Disable, tokio_postgres::NoTls)
+        }
+        Some(mode) => {
+            return Err(Error::config(
+                "postgres.url",
+                format!(
+                    "has sslmode `{}`, which needs the `tls` feature",
+                    mode.name()
+                ),
+            ));
+        }
+    };
+    let mut pg = options.config;
     if pg.get_application_name().is_none() {
         pg.application_name(&config.application_name);
     }
@@ -152,16 +172,8 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
         config: pg,
         tls,
         credentials: None,
-        plaintext_first,
+        sslmode,
     })
-}
-
-/// The bound on one whole connection attempt, handshake included, for a
-/// connect timeout: tokio-postgres' own timeout covers only the TCP
-/// connect. The pool, its multiplexed connections and the direct
-/// connections outside it all use this one bound.
-pub(crate) fn attempt_timeout(connect_timeout: Duration) -> Duration {
-    connect_timeout.saturating_mul(2)
 }
 
 /// A failed connection attempt as [`Error::Connect`] (one attempt; the

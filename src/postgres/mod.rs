@@ -40,7 +40,7 @@ pub use tokio_postgres::IsolationLevel;
 pub use transaction::TransactionOptions;
 
 #[cfg(feature = "migrate")]
-pub(crate) use connect::{Driver, attempt_timeout, connect_error, create_timeout, driver_config};
+pub(crate) use connect::{Driver, create_timeout, driver_config};
 pub(crate) use hooks::Hooks;
 #[cfg(feature = "migrate")]
 pub(crate) use open::Canceller;

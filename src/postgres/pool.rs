@@ -10,7 +10,7 @@ use deadpool::Runtime;
 use deadpool::managed::{Object, Pool, PoolError, TimeoutType, Timeouts};
 use tokio::task::JoinHandle;
 
-use super::connect::{attempt_timeout, create_timeout, driver_config};
+use super::connect::{create_timeout, driver_config};
 use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
@@ -129,7 +129,7 @@ impl PostgresPool {
         let timeouts = Timeouts {
             wait: Some(settings.wait_timeout),
             // Room for the on_connect hook on top of the socket connect.
-            create: Some(attempt_timeout(settings.connect_timeout)),
+            create: Some(driver.attempt_timeout()),
             // The manager times the checks that make a round trip itself
             // (`recycle_timeout`): a deadpool timer here would cost every
             // checkout a clock read and a timer entry.

@@ -187,10 +187,19 @@ impl PgCluster {
     }
 
     pub fn start(&self) {
+        self.start_with_sockets_also_in(&[]);
+    }
+
+    /// Starts the server with its Unix socket in its own folder and in
+    /// `extra` folders too (libpq's default socket directory, for a
+    /// connection string without a host).
+    pub fn start_with_sockets_also_in(&self, extra: &[&Path]) {
+        let mut dirs = vec![self.dir.path().display().to_string()];
+        dirs.extend(extra.iter().map(|d| d.display().to_string()));
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
             self.port,
-            self.dir.path().display()
+            dirs.join(",")
         );
         let output = Self::command(self.root, &self.bindir.join("pg_ctl"))
             .arg("-D")
@@ -397,6 +406,22 @@ impl PgCluster {
 }
 
 impl PgCluster {
+    /// The folder of the server's own Unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running postmaster's process id (first line of postmaster.pid).
+    pub fn postmaster_pid(&self) -> u32 {
+        let pidfile = self.dir.path().join("data").join("postmaster.pid");
+        std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{} cannot be read: {e}", pidfile.display()))
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("postmaster.pid starts with the process id")
+    }
+
     /// Replaces pg_hba.conf (before `start`).
     pub fn set_hba(&self, lines: &str) {
         std::fs::write(self.dir.path().join("data").join("pg_hba.conf"), lines).unwrap();

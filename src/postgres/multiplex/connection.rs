@@ -14,7 +14,7 @@ use super::cache::StatementCache;
 use super::session_sql::session_statement;
 use crate::error::{Error, Result};
 use crate::metrics::PoolLabel;
-use crate::postgres::connect::{Driver, attempt_timeout, create_timeout};
+use crate::postgres::connect::{Driver, create_timeout};
 use crate::postgres::credentials::secrets_of;
 use crate::postgres::open::{Canceller, Opened, open};
 use crate::postgres::shared::Shared;
@@ -60,13 +60,7 @@ impl MuxConnection {
         live: Arc<AtomicUsize>,
     ) -> Result<Arc<MuxConnection>> {
         let started = Instant::now();
-        let limit = attempt_timeout(
-            driver
-                .config
-                .get_connect_timeout()
-                .copied()
-                .unwrap_or(Duration::from_secs(5)),
-        );
+        let limit = driver.attempt_timeout();
         // The pool's way of opening: a password from the provider, every
         // host of the URL, and a cancel request that goes to the right server.
         let connect = Box::pin(async {

@@ -19,6 +19,7 @@
 //!
 //! Durations are written the human way: `"250ms"`, `"30s"`, `"10min"`.
 
+mod listener;
 mod loader;
 mod migrations;
 mod mongo;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use listener::PostgresListenerConfig;
 pub use loader::{ConfigLoader, Setting};
 pub use migrations::{BootstrapConfig, MigrationsConfig};
 pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};

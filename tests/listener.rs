@@ -522,6 +522,8 @@ async fn throughput_to_one_consumer_against_a_raw_connection() {
         }
     }
     let ours = started.elapsed();
+    assert_eq!(listener.health().dropped, 0);
+    listener.unlisten("rate").await.unwrap();
 
     // A raw tokio-postgres connection driven by hand, the same way.
     let (raw, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
@@ -551,6 +553,5 @@ async fn throughput_to_one_consumer_against_a_raw_connection() {
         rate(ours),
         rate(baseline)
     );
-    assert_eq!(listener.health().dropped, 0);
     manager.shutdown().await.unwrap();
 }

@@ -79,6 +79,11 @@ impl State {
         });
     }
 
+    /// Notifications received so far: progress on the socket.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     pub fn reconnected(&self, gap: Duration) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         metrics::listener_reconnect();

@@ -128,13 +128,27 @@ fn statement(verb: &str, channels: &[&str]) -> String {
     sql
 }
 
-/// Runs `sql` on the live connection within `bound`.
-async fn round_trip(live: &Live, sql: &str, bound: Duration) -> RoundTrip {
-    match tokio::time::timeout(bound, live.client.simple_query(sql)).await {
-        Err(_) => RoundTrip::Lost("a round trip on the listener connection timed out"),
-        Ok(Err(e)) if e.as_db_error().is_some() => RoundTrip::Refused(e),
-        Ok(Err(_)) => RoundTrip::Lost("the listener connection closed"),
-        Ok(Ok(messages)) => RoundTrip::Answered(messages),
+/// Runs `sql` on the live connection; lost when it neither answers nor
+/// delivers a notification for `bound`. Answers queue behind the
+/// notifications the server sent first, so a flood delays the answer of a
+/// healthy connection: progress on the socket counts as life.
+async fn round_trip(state: &State, live: &Live, sql: &str, bound: Duration) -> RoundTrip {
+    let answer = live.client.simple_query(sql);
+    tokio::pin!(answer);
+    let mut seen = state.received();
+    loop {
+        match tokio::time::timeout(bound, answer.as_mut()).await {
+            Err(_) => {
+                let now = state.received();
+                if now == seen {
+                    return RoundTrip::Lost("a round trip on the listener connection timed out");
+                }
+                seen = now;
+            }
+            Ok(Err(e)) if e.as_db_error().is_some() => return RoundTrip::Refused(e),
+            Ok(Err(_)) => return RoundTrip::Lost("the listener connection closed"),
+            Ok(Ok(messages)) => return RoundTrip::Answered(messages),
+        }
     }
 }
 
@@ -152,7 +166,7 @@ async fn listen_all(live: &Live, state: &State, bound: Duration) -> Result<()> {
         return Ok(());
     }
     let names: Vec<&str> = channels.iter().map(String::as_str).collect();
-    match round_trip(live, &statement("LISTEN", &names), bound).await {
+    match round_trip(state, live, &statement("LISTEN", &names), bound).await {
         RoundTrip::Answered(_) => Ok(()),
         RoundTrip::Refused(error) => Err(Error::Postgres {
             what: "LISTEN",
@@ -242,7 +256,7 @@ async fn serve(
                 }
             }
             _ = tick.tick() => {
-                if let Some(lost) = prove_alive(ctx, live, bound).await {
+                if let Some(lost) = prove_alive(ctx, state, live, bound).await {
                     return Exit::Lost(lost);
                 }
             }
@@ -279,7 +293,7 @@ async fn execute(
             ("UNLISTEN", channel, reply)
         }
     };
-    match round_trip(live, &statement(verb, &[&channel]), bound).await {
+    match round_trip(state, live, &statement(verb, &[&channel]), bound).await {
         RoundTrip::Answered(_) => {
             let _ = reply.send(Ok(()));
             None
@@ -315,13 +329,18 @@ async fn execute(
 /// The periodic round trip: a connection that does not answer within the
 /// bound is lost (half-open, frozen server). When a writable server is
 /// required, one that became read-only (a demoted primary) is left too.
-async fn prove_alive(ctx: &Context, live: &Live, bound: Duration) -> Option<&'static str> {
+async fn prove_alive(
+    ctx: &Context,
+    state: &State,
+    live: &Live,
+    bound: Duration,
+) -> Option<&'static str> {
     let sql = if ctx.shared.require_writable {
         "SHOW transaction_read_only"
     } else {
         "SELECT 1"
     };
-    match round_trip(live, sql, bound).await {
+    match round_trip(state, live, sql, bound).await {
         RoundTrip::Answered(messages) => {
             let read_only = messages
                 .iter()
@@ -389,6 +408,8 @@ async fn reconnect(
         match outcome {
             Ok(live) => {
                 let gap = lost_at.elapsed();
+                // Connected before the consumer hears of it.
+                state.connected.store(true, Ordering::Release);
                 state.reconnected(gap);
                 tracing::info!(target: "dbmanager::postgres", gap_ms = gap.as_millis() as u64, attempts = attempt + 1, "listener reconnected; every channel listened again");
                 return Some(live);

@@ -95,6 +95,11 @@ pub struct ComponentHealth {
     /// before, and for MongoDB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiplex: Option<MultiplexStatus>,
+    /// PostgreSQL's dedicated LISTEN connections
+    /// (`db.postgres()?.listener()`), one entry per live listener (absent
+    /// when there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<ListenerHealth>>,
     /// Mean wait for a pooled connection since the previous probe, in
     /// milliseconds (MongoDB, from the driver's pool events).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,10 +121,31 @@ impl ComponentHealth {
             pool: None,
             replicas: None,
             multiplex: None,
+            listeners: None,
             checkout_wait_ms: None,
             error: None,
         }
     }
+}
+
+/// One LISTEN connection (`components.postgres.listeners[]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ListenerHealth {
+    /// Whether its connection is up (false while it is being replaced).
+    pub connected: bool,
+    /// The channels it listens to.
+    pub channels: Vec<String>,
+    /// Events buffered that its consumer has not read yet.
+    pub lag: usize,
+    /// Notifications received since it was opened.
+    pub received: u64,
+    /// Events dropped because the consumer fell behind the buffer.
+    pub dropped: u64,
+    /// Connections replaced since it was opened.
+    pub reconnects: u64,
+    /// Milliseconds since its last event (absent before the first).
+    pub last_event_age_ms: Option<f64>,
 }
 
 /// One read replica (`components.postgres.replicas[]`), as its last check

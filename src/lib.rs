@@ -28,7 +28,7 @@ pub mod testing;
 pub use builder::DatabaseManagerBuilder;
 pub use config::{Config, ConfigLoader, DatabaseUrl, MongoConfig, PostgresConfig, Secret};
 pub use error::{Backend, BoxError, Error, FailureKind, Result};
-pub use health::{ComponentHealth, HealthReport, HealthStatus, ReplicaHealth};
+pub use health::{ComponentHealth, HealthReport, HealthStatus, ListenerHealth, ReplicaHealth};
 pub use manager::{DatabaseManager, Phase, ShutdownReport};
 pub use pool_status::{MultiplexStatus, PoolStatus};
 pub use retry::RetryPolicy;
@@ -38,7 +38,9 @@ pub use migrate::{MigrateError, Migrations, Migrator};
 #[cfg(feature = "mongodb")]
 pub use mongo::MongoHandle;
 #[cfg(feature = "postgres")]
-pub use postgres::{Credential, Multiplexed, PooledConnection, PostgresPool};
+pub use postgres::{
+    Credential, Listener, ListenerEvent, Multiplexed, PooledConnection, PostgresPool,
+};
 #[cfg(feature = "testing")]
 pub use testing::TestDatabase;
 

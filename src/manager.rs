@@ -292,7 +292,14 @@ impl DatabaseManager {
             .values()
             .flat_map(|c| c.replicas.iter().flatten())
             .any(|r| r.status != HealthStatus::Up);
-        if replica_trouble && report.status == HealthStatus::Up {
+        // So does a LISTEN connection being replaced: its consumer hears
+        // nothing until `Reconnected`.
+        let listener_down = report
+            .components
+            .values()
+            .flat_map(|c| c.listeners.iter().flatten())
+            .any(|l| !l.connected);
+        if (replica_trouble || listener_down) && report.status == HealthStatus::Up {
             report.status = HealthStatus::Degraded;
         }
         if matches!(self.phase(), Phase::Draining | Phase::Closed) {
@@ -344,9 +351,13 @@ impl DatabaseManager {
                             None => 0,
                         }
                     };
-                    let (pooled, replicas, multiplexed) =
-                        tokio::join!(pool.drain(grace), replicas, pool.multiplexed().drain(grace));
-                    pooled.forced + replicas + multiplexed
+                    let (pooled, replicas, multiplexed, listeners) = tokio::join!(
+                        pool.drain(grace),
+                        replicas,
+                        pool.multiplexed().drain(grace),
+                        pool.listeners().drain(grace)
+                    );
+                    pooled.forced + replicas + multiplexed + listeners
                 }
                 None => 0,
             }

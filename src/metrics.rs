@@ -64,6 +64,8 @@ impl PoolLabel {
     pub const PRIMARY: PoolLabel = PoolLabel::postgres("primary");
     /// The connections of the multiplexed PostgreSQL handle.
     pub const MULTIPLEX: PoolLabel = PoolLabel::postgres("multiplex");
+    /// The dedicated LISTEN connections (`db.postgres()?.listener()`).
+    pub const LISTENER: PoolLabel = PoolLabel::postgres("listener");
     /// PostgreSQL connections outside every pool (bootstrap, test
     /// databases, the command line's admin commands).
     pub const DIRECT: PoolLabel = PoolLabel::postgres("direct");
@@ -188,6 +190,14 @@ pub mod names {
     /// Gauge: 1 while a read replica takes checkouts, 0 while it is down
     /// or lagging.
     pub const REPLICA_ROUTABLE: &str = "dbmanager_replica_routable";
+    /// Counter: notifications received by LISTEN connections.
+    pub const LISTENER_NOTIFICATIONS: &str = "dbmanager_listener_notifications_total";
+    /// Counter: listener events dropped because their consumer fell more
+    /// than `postgres.listener.buffer_size` behind.
+    pub const LISTENER_DROPPED: &str = "dbmanager_listener_dropped_total";
+    /// Counter: LISTEN connections replaced after a loss (each ends in a
+    /// `Reconnected` event).
+    pub const LISTENER_RECONNECTS: &str = "dbmanager_listener_reconnects_total";
 }
 
 /// Registers descriptions and units of every metric with the installed
@@ -258,6 +268,21 @@ pub fn describe() {
         REPLICA_LAG_BYTES,
         Unit::Bytes,
         "WAL bytes a read replica's replay is behind the primary"
+    );
+    describe_counter!(
+        LISTENER_NOTIFICATIONS,
+        Unit::Count,
+        "Notifications received by LISTEN connections"
+    );
+    describe_counter!(
+        LISTENER_DROPPED,
+        Unit::Count,
+        "Listener events dropped because the consumer fell behind"
+    );
+    describe_counter!(
+        LISTENER_RECONNECTS,
+        Unit::Count,
+        "LISTEN connections replaced after a loss"
     );
     describe_gauge!(
         REPLICA_ROUTABLE,
@@ -413,4 +438,25 @@ pub(crate) fn replica_state(
                 .set(bytes as f64);
         }
     }
+}
+
+#[inline]
+pub(crate) fn listener_notification() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::LISTENER_NOTIFICATIONS, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::LISTENER.pool)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn listener_dropped() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::LISTENER_DROPPED, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::LISTENER.pool)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn listener_reconnect() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::LISTENER_RECONNECTS, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::LISTENER.pool)
+        .increment(1);
 }

@@ -21,6 +21,7 @@
 
 #[cfg(feature = "postgres")]
 pub(crate) mod libpq;
+mod listener;
 mod loader;
 mod migrations;
 mod mongo;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use listener::PostgresListenerConfig;
 pub use loader::{ConfigLoader, Setting};
 pub use migrations::{BootstrapConfig, MigrationsConfig};
 pub use mongo::{MongoConfig, MongoPoolConfig, MongoTlsConfig};

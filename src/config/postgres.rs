@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::listener::PostgresListenerConfig;
 use super::multiplex::PostgresMultiplexConfig;
 use super::replicas::PostgresReplicasConfig;
 use super::secret::DatabaseUrl;
@@ -75,6 +76,8 @@ pub struct PostgresConfig {
     pub multiplex: PostgresMultiplexConfig,
     /// Read replicas (`db.postgres()?.replica()`).
     pub replicas: PostgresReplicasConfig,
+    /// The managed LISTEN connection (`db.postgres()?.listener()`).
+    pub listener: PostgresListenerConfig,
 }
 
 impl Default for PostgresConfig {
@@ -95,6 +98,7 @@ impl Default for PostgresConfig {
             pool: PostgresPoolConfig::default(),
             multiplex: PostgresMultiplexConfig::default(),
             replicas: PostgresReplicasConfig::default(),
+            listener: PostgresListenerConfig::default(),
         }
     }
 }
@@ -285,6 +289,7 @@ impl PostgresConfig {
         positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
         self.pool.check(p);
         self.multiplex.check(p);
+        self.listener.check(p);
         self.replicas.check(self.url.as_ref(), p);
     }
 }

@@ -281,6 +281,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A LISTEN channel name the server would not take as given: empty,
+    /// longer than PostgreSQL's 63-byte identifier limit (the server would
+    /// silently truncate it), or containing a NUL byte.
+    #[error("invalid LISTEN channel name {channel:?}: {problem}")]
+    InvalidChannel {
+        /// The name as given.
+        channel: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
     /// The connected role lacks a privilege an operation needs.
     #[error("insufficient privilege to {action}: {reason}")]
     Privilege {

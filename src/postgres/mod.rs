@@ -7,6 +7,7 @@ mod connect;
 mod connection;
 mod credentials;
 mod hooks;
+mod listener;
 mod maintenance;
 mod multiplex;
 mod open;
@@ -33,6 +34,7 @@ pub use deadpool_postgres::ClientWrapper;
 /// query method works, plus `prepare_cached`.
 pub use deadpool_postgres::Transaction;
 pub use hooks::{Hook, HookFuture};
+pub use listener::{Listener, ListenerEvent};
 pub use multiplex::{MultiplexSql, Multiplexed, MultiplexedStatement};
 pub use pool::{PoolStats, PostgresPool};
 pub use replicas::ReadReplicas;

@@ -32,6 +32,8 @@ pub struct PostgresPool {
     maintenance: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Statements pipelined over connections of its own (multiplex/).
     pub(super) multiplexed: super::multiplex::Multiplexed,
+    /// Dedicated LISTEN connections (listener/).
+    pub(super) listeners: super::listener::Listeners,
     /// The read replicas of `[postgres.replicas]`, if any (none on a
     /// replica's own pool).
     replicas: Option<Arc<ReplicaSet>>,
@@ -160,6 +162,11 @@ impl PostgresPool {
             driver.clone(),
             shared.clone(),
         );
+        let listeners = super::listener::Listeners::new(
+            config.listener.clone(),
+            driver.clone(),
+            shared.clone(),
+        );
         let pool = Pool::builder(PgManager::new(driver, shared.clone()))
             .max_size(max_size)
             .timeouts(timeouts)
@@ -172,6 +179,7 @@ impl PostgresPool {
             shared,
             maintenance: Arc::new(Mutex::new(None)),
             multiplexed,
+            listeners,
             replicas: None,
             replica_fallback: config.replicas.fallback,
         })

@@ -78,6 +78,8 @@ impl PostgresPool {
         }
         let multiplexed = self.multiplexed();
         health.multiplex = multiplexed.is_started().then(|| multiplexed.status());
+        let listeners = self.listeners().health();
+        health.listeners = (!listeners.is_empty()).then_some(listeners);
         super::maintenance::record_gauges(self.label(), &self.status());
         health
     }

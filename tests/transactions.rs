@@ -103,16 +103,16 @@ async fn conflicting_serializable_transactions_are_retried_and_both_apply_once()
                     let first = mine.fetch_add(1, Ordering::SeqCst) == 0;
                     let (barrier, mine) = (&barrier, &mine);
                     async move {
-                    let row = tx
-                        .query_one("SELECT coalesce(sum(n), 0)::int FROM ledger", &[])
-                        .await?;
-                    let sum: i32 = row.get(0);
-                    if first {
-                        barrier.wait().await;
-                    }
-                    tx.execute("INSERT INTO ledger VALUES ($1)", &[&(sum + 1)])
-                        .await?;
-                    Ok(mine.load(Ordering::SeqCst))
+                        let row = tx
+                            .query_one("SELECT coalesce(sum(n), 0)::int FROM ledger", &[])
+                            .await?;
+                        let sum: i32 = row.get(0);
+                        if first {
+                            barrier.wait().await;
+                        }
+                        tx.execute("INSERT INTO ledger VALUES ($1)", &[&(sum + 1)])
+                            .await?;
+                        Ok(mine.load(Ordering::SeqCst))
                     }
                     .scoped()
                 })
@@ -546,7 +546,10 @@ async fn a_commit_found_aborted_without_retries_left_is_exhausted_not_ok() {
 
     let error = result.unwrap_err();
     assert!(
-        matches!(&error, Error::TransactionRetriesExhausted { attempts: 1, .. }),
+        matches!(
+            &error,
+            Error::TransactionRetriesExhausted { attempts: 1, .. }
+        ),
         "{error:?}"
     );
     assert_eq!(attempts, 1);
@@ -580,7 +583,10 @@ async fn a_commit_outcome_that_cannot_be_checked_within_the_bound_is_unknown_not
         "{error:?}"
     );
     assert!(error.to_string().contains("outcome unknown"), "{error}");
-    assert!(error.to_string().contains("within 300ms"), "names the bound: {error}");
+    assert!(
+        error.to_string().contains("within 300ms"),
+        "names the bound: {error}"
+    );
     assert_eq!(attempts, 1, "never run again");
     let committed = eventually(Duration::from_secs(10), async || {
         query_i64(&db.url, "SELECT count(*) FROM t").await == 1

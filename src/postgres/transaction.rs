@@ -445,9 +445,9 @@ impl PostgresPool {
         let value = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
-                    let ok = tx.rollback().await.is_ok();
-                    return rolled_back(&mut connection, ok, error);
-                },
+                let ok = tx.rollback().await.is_ok();
+                return rolled_back(&mut connection, ok, error);
+            }
             Err(panic) => {
                 let rolled_back = tx.rollback().await.is_ok();
                 ended(&mut connection, rolled_back);
@@ -457,9 +457,9 @@ impl PostgresPool {
         };
         if let Err(error) = rolled_back_before_commit(&tx) {
             {
-                    let ok = tx.rollback().await.is_ok();
-                    return rolled_back(&mut connection, ok, error);
-                };
+                let ok = tx.rollback().await.is_ok();
+                return rolled_back(&mut connection, ok, error);
+            };
         }
         // The transaction's id, known before COMMIT is sent: if the answer
         // to COMMIT is lost, the server can still say what became of it.
@@ -562,7 +562,9 @@ impl PostgresPool {
         };
         match tokio::time::timeout_at(deadline, check).await {
             Ok(resolved) => resolved,
-            Err(_) => Err(within("the server still reports it in progress or did not answer")),
+            Err(_) => Err(within(
+                "the server still reports it in progress or did not answer",
+            )),
         }
     }
 }
@@ -600,7 +602,11 @@ fn xid_and_pid(messages: &[SimpleQueryMessage]) -> (Option<i64>, Option<i32>) {
 
 /// After the rollback that `error` caused: whether the closure may run
 /// again.
-fn rolled_back<T>(connection: &mut PooledConnection, rolled_back: bool, error: Error) -> Attempt<T> {
+fn rolled_back<T>(
+    connection: &mut PooledConnection,
+    rolled_back: bool,
+    error: Error,
+) -> Attempt<T> {
     ended(connection, rolled_back);
     if is_conflict(&error) || connection.is_closed() {
         Attempt::Retry(error)

@@ -247,7 +247,9 @@ async fn pump(
             return PumpEnd::Done;
         };
         if !replies
-            && buf[..n].windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY)
+            && buf[..n]
+                .windows(COMMIT_QUERY.len())
+                .any(|w| w == COMMIT_QUERY)
             && let Some(fault) = take_commit_fault(faults)
         {
             if fault == AtCommit::DeliverThenCut {

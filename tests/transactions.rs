@@ -748,3 +748,56 @@ async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
         "the panicking transaction left nothing"
     );
 }
+
+/// Issue 20's first case on MongoDB: the closure swallows a failed write
+/// (a duplicate key) and returns `Ok`. What the helper returns must match
+/// what was committed: either the other write is there, or the helper
+/// does not say `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_a_swallowed_write_error_never_gives_ok_for_a_transaction_that_was_not_committed() {
+    use dbmanager::mongo::TransactionOptions as MongoOptions;
+    use dbmanager::mongodb::bson::{Document, doc};
+    let (url, _server) = support::mongo();
+    let manager = support::build(mongo_config(&url)).await;
+    let mongo = manager.mongo().unwrap();
+    let coll = mongo.database().collection::<Document>("orders");
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    let mut attempts = 0u32;
+    let options = MongoOptions::new().retry(quick_retry(3));
+
+    let result = mongo
+        .transaction_with(options, |session| {
+            attempts += 1;
+            let coll = &coll;
+            async move {
+                coll.insert_one(doc! { "_id": 2 })
+                    .session(&mut *session)
+                    .await?;
+                let duplicate = coll
+                    .insert_one(doc! { "_id": 1 })
+                    .session(&mut *session)
+                    .await;
+                assert!(duplicate.is_err(), "the duplicate key is refused");
+                Ok(())
+            }
+            .scoped()
+        })
+        .await;
+
+    let kept = coll.count_documents(doc! { "_id": 2 }).await.unwrap();
+    match &result {
+        Ok(()) => assert_eq!(kept, 1, "Ok: the other write was committed"),
+        Err(error) => assert_eq!(kept, 0, "an error, and nothing committed: {error}"),
+    }
+    // Which of the two depends on the server: mongoeco (the default test
+    // server) keeps the transaction open after the refused write and
+    // commits the other one (Ok, one attempt); a mongod aborts it, its
+    // commit fails as NoSuchTransaction labelled TransientTransactionError
+    // and the closure reruns until the retry policy ends (an error).
+    eprintln!("swallowed duplicate key: {result:?}, attempts {attempts}, kept {kept}");
+    if result.is_ok() {
+        assert_eq!(attempts, 1, "committed at the first attempt");
+    } else {
+        assert_eq!(attempts, 3, "rerun until the policy ended");
+    }
+}

@@ -122,10 +122,16 @@ impl MongoHandle {
     /// future is `Send` (`tokio::spawn`, axum handlers).
     ///
     /// An operation error the closure swallows (`let _ = coll.insert_one(..)
-    /// .session(..).await;` then `Ok`) does not always end the
-    /// transaction: a server error such as a duplicate key leaves it open
-    /// and the commit keeps the other writes, as a `mongod` does. A
-    /// closure that needs all or nothing returns the error.
+    /// .session(..).await;` and then `Ok`) is never reported as a commit
+    /// that did not happen, but what follows depends on the server. A
+    /// `mongod` aborts the transaction on the failed statement; the commit
+    /// then fails with `NoSuchTransaction`, labelled
+    /// `TransientTransactionError`, so the closure runs again (and swallows
+    /// the same error again) until the retry policy ends with
+    /// [`Error::TransactionRetriesExhausted`]. mongoeco, the test suite's
+    /// wire server, keeps the transaction open and commits the other
+    /// writes (`Ok`). A closure that needs all or nothing returns the
+    /// error (`?`).
     ///
     /// ```no_run
     /// # fn require_send<F: std::future::Future + Send>(f: F) -> F { f }

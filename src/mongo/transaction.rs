@@ -184,6 +184,9 @@ impl MongoHandle {
     /// # Errors
     ///
     /// As [`MongoHandle::transaction`].
+    // Not an `async fn`: the signature promises `Send`, so a change that
+    // breaks it fails here, not in a caller's `tokio::spawn`.
+    #[allow(clippy::manual_async_fn)]
     pub fn transaction_with<'a, T, F>(
         &self,
         options: TransactionOptions,

@@ -24,6 +24,8 @@ pub mod postgres;
 pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(any(feature = "postgres", feature = "mongodb"))]
+mod tx_future;
 
 pub use builder::DatabaseManagerBuilder;
 pub use config::{Config, ConfigLoader, DatabaseUrl, MongoConfig, PostgresConfig, Secret};
@@ -32,6 +34,8 @@ pub use health::{ComponentHealth, HealthReport, HealthStatus, ListenerHealth, Re
 pub use manager::{DatabaseManager, Phase, ShutdownReport};
 pub use pool_status::{MultiplexStatus, PoolStatus};
 pub use retry::RetryPolicy;
+#[cfg(any(feature = "postgres", feature = "mongodb"))]
+pub use tx_future::{TxFuture, TxFutureExt};
 
 #[cfg(feature = "migrate")]
 pub use migrate::{MigrateError, Migrations, Migrator};

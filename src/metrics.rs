@@ -35,6 +35,11 @@
 //! | `dbmanager_replica_lag_seconds` | gauge | seconds | database, pool | a read replica's replay lag at its last check (absent until known) |
 //! | `dbmanager_replica_lag_bytes` | gauge | bytes | database, pool | WAL bytes its replay is behind the primary (when the primary answered) |
 //! | `dbmanager_replica_routable` | gauge | 0 or 1 | database, pool | whether it takes checkouts: up and within `max_lag` |
+//! | `dbmanager_transaction_attempts_total` | counter | attempts | database, pool | attempts the transaction helpers started (a rerun is one more) |
+//! | `dbmanager_transaction_reruns_total` | counter | attempts | database, pool, reason | attempts run again, by `reason`: PostgreSQL's SQLSTATE class (`40` conflicts, `57`/`08` sessions ended by the server, `other`) or `connection` (lost without an answer, or a commit found rolled back); MongoDB's `transient` (`TransientTransactionError`) or `commit_unknown` (the commit retried on `UnknownTransactionCommitResult`) |
+//! | `dbmanager_transaction_retries_exhausted_total` | counter | transactions | database, pool | transactions that gave up as `TransactionRetriesExhausted` |
+//! | `dbmanager_transaction_commit_unknown_total` | counter | commits | database, pool, outcome | commits whose answer was lost, by what the check found: `committed`, `aborted`, `no_write` (no transaction id: nothing written; run again) or `unknown` (`CommitOutcomeUnknown` returned) |
+//! | `dbmanager_transaction_seconds` | histogram | seconds | database, pool, outcome | one helper call, every attempt and wait included, by `outcome`: `committed` or `failed` |
 //!
 //! PostgreSQL gauges are sampled on every maintenance tick
 //! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
@@ -198,6 +203,16 @@ pub mod names {
     /// Counter: LISTEN connections replaced after a loss (each ends in a
     /// `Reconnected` event).
     pub const LISTENER_RECONNECTS: &str = "dbmanager_listener_reconnects_total";
+    /// Counter: attempts started by the transaction helpers.
+    pub const TX_ATTEMPTS: &str = "dbmanager_transaction_attempts_total";
+    /// Counter: transaction attempts run again, label `reason`.
+    pub const TX_RERUNS: &str = "dbmanager_transaction_reruns_total";
+    /// Counter: transactions that ran out of attempts.
+    pub const TX_EXHAUSTED: &str = "dbmanager_transaction_retries_exhausted_total";
+    /// Counter: commits whose answer was lost, label `outcome`.
+    pub const TX_COMMIT_UNKNOWN: &str = "dbmanager_transaction_commit_unknown_total";
+    /// Histogram: seconds one transaction helper call took, label `outcome`.
+    pub const TX_DURATION: &str = "dbmanager_transaction_seconds";
 }
 
 /// Registers descriptions and units of every metric with the installed
@@ -288,6 +303,31 @@ pub fn describe() {
         REPLICA_ROUTABLE,
         Unit::Count,
         "Whether a read replica takes checkouts (1) or not (0)"
+    );
+    describe_counter!(
+        TX_ATTEMPTS,
+        Unit::Count,
+        "Attempts started by the transaction helpers"
+    );
+    describe_counter!(
+        TX_RERUNS,
+        Unit::Count,
+        "Transaction attempts run again, by reason"
+    );
+    describe_counter!(
+        TX_EXHAUSTED,
+        Unit::Count,
+        "Transactions that ran out of attempts"
+    );
+    describe_counter!(
+        TX_COMMIT_UNKNOWN,
+        Unit::Count,
+        "Commits whose answer was lost, by the outcome the check found"
+    );
+    describe_histogram!(
+        TX_DURATION,
+        Unit::Seconds,
+        "Time one transaction helper call took, every attempt included"
     );
 }
 
@@ -459,4 +499,52 @@ pub(crate) fn listener_reconnect() {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::LISTENER_RECONNECTS, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::LISTENER.pool)
         .increment(1);
+}
+
+/// How a transaction helper call ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransactionEnd {
+    Committed,
+    Failed,
+}
+
+#[inline]
+pub(crate) fn transaction_attempt(label: PoolLabel) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::TX_ATTEMPTS, "database" => label.backend.as_str(), "pool" => label.pool)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn transaction_rerun(label: PoolLabel, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::TX_RERUNS, "database" => label.backend.as_str(), "pool" => label.pool, "reason" => reason)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn transaction_exhausted(label: PoolLabel) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::TX_EXHAUSTED, "database" => label.backend.as_str(), "pool" => label.pool)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn commit_outcome(label: PoolLabel, outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::TX_COMMIT_UNKNOWN, "database" => label.backend.as_str(), "pool" => label.pool, "outcome" => outcome)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn transaction_finished(label: PoolLabel, end: TransactionEnd, took: Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = match end {
+            TransactionEnd::Committed => "committed",
+            TransactionEnd::Failed => "failed",
+        };
+        metrics::histogram!(names::TX_DURATION, "database" => label.backend.as_str(), "pool" => label.pool, "outcome" => outcome)
+            .record(took.as_secs_f64());
+    }
 }

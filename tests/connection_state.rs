@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dbmanager::config::RecyclingMethod;
-use dbmanager::{Config, DatabaseManager, Error};
+use dbmanager::{Config, DatabaseManager, Error, TxFutureExt};
 use futures_util::{SinkExt, StreamExt};
 use support::{TestDb, build, pg_config, query_i64, sql};
 
@@ -211,10 +211,13 @@ async fn a_transaction_the_server_rolled_back_is_never_reported_committed() {
 
     // A duplicate key, swallowed.
     let result = pool
-        .transaction(async |tx| {
-            tx.execute("INSERT INTO t VALUES (2)", &[]).await?;
-            let _ = tx.execute("INSERT INTO t VALUES (1)", &[]).await;
-            Ok(7)
+        .transaction(|tx| {
+            async move {
+                tx.execute("INSERT INTO t VALUES (2)", &[]).await?;
+                let _ = tx.execute("INSERT INTO t VALUES (1)", &[]).await;
+                Ok(7)
+            }
+            .scoped()
         })
         .await;
     println!("swallowed duplicate key: {result:?}");
@@ -227,10 +230,13 @@ async fn a_transaction_the_server_rolled_back_is_never_reported_committed() {
 
     // `SELECT 1/0` through simple_query, swallowed.
     let result = pool
-        .transaction(async |tx| {
-            tx.execute("INSERT INTO t VALUES (3)", &[]).await?;
-            let _ = tx.simple_query("SELECT 1/0").await;
-            Ok(())
+        .transaction(|tx| {
+            async move {
+                tx.execute("INSERT INTO t VALUES (3)", &[]).await?;
+                let _ = tx.simple_query("SELECT 1/0").await;
+                Ok(())
+            }
+            .scoped()
         })
         .await;
     println!("swallowed division by zero: {result:?}");
@@ -244,9 +250,12 @@ async fn a_transaction_the_server_rolled_back_is_never_reported_committed() {
 
     // Nothing of either transaction was kept, and a clean one commits.
     assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
-    pool.transaction(async |tx| {
-        tx.execute("INSERT INTO t VALUES (4)", &[]).await?;
-        Ok(())
+    pool.transaction(|tx| {
+        async move {
+            tx.execute("INSERT INTO t VALUES (4)", &[]).await?;
+            Ok(())
+        }
+        .scoped()
     })
     .await
     .expect("a clean transaction commits");

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dbmanager::{DatabaseManager, Error};
+use dbmanager::{DatabaseManager, Error, TxFutureExt};
 use futures_util::{SinkExt, StreamExt};
 use support::{FaultProxy, PgCluster, TestDb, admin_url, build, pg_config, sql};
 
@@ -187,15 +187,18 @@ async fn run(db: &DatabaseManager, ledger: &Ledger, op: Op, ids: &[i64]) -> Resu
         let (a, b) = (ids[0], ids.get(1).copied().unwrap_or(-1));
         let swallow = matches!(op, Op::HelperSwallowed);
         return pool
-            .transaction(async move |tx| {
-                tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&a])
-                    .await?;
-                if swallow {
-                    tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&b])
+            .transaction(|tx| {
+                async move {
+                    tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&a])
                         .await?;
-                    let _ = tx.simple_query("SELECT 1/0").await;
+                    if swallow {
+                        tx.execute("INSERT INTO oracle (id, op) VALUES ($1, 'helper')", &[&b])
+                            .await?;
+                        let _ = tx.simple_query("SELECT 1/0").await;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                .scoped()
             })
             .await;
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use dbmanager::postgres::{IsolationLevel, TransactionOptions};
 use dbmanager::retry::Jitter;
-use dbmanager::{DatabaseManager, Error, PooledConnection, RetryPolicy};
+use dbmanager::{DatabaseManager, Error, PooledConnection, RetryPolicy, TxFutureExt};
 use futures_util::FutureExt;
-use support::{FaultProxy, TestDb, eventually, pg_config, query_i64, query_text, sql};
+use support::{AtCommit, FaultProxy, TestDb, eventually, pg_config, query_i64, query_text, sql};
 
 /// A pool of one connection, so "the next checkout" is the same connection
 /// unless it was closed.
@@ -64,9 +64,12 @@ async fn ok_commits_and_returns_the_value() {
     let inserted = manager
         .postgres()
         .unwrap()
-        .transaction(async |tx| {
-            let n = tx.execute("INSERT INTO t VALUES (1), (2)", &[]).await?;
-            Ok(n)
+        .transaction(|tx| {
+            async move {
+                let n = tx.execute("INSERT INTO t VALUES (1), (2)", &[]).await?;
+                Ok(n)
+            }
+            .scoped()
         })
         .await
         .unwrap();
@@ -95,19 +98,23 @@ async fn conflicting_serializable_transactions_are_retried_and_both_apply_once()
             manager
                 .postgres()
                 .unwrap()
-                .transaction_with(options, async move |tx| {
+                .transaction_with(options, |tx| {
                     attempts.fetch_add(1, Ordering::SeqCst);
                     let first = mine.fetch_add(1, Ordering::SeqCst) == 0;
-                    let row = tx
-                        .query_one("SELECT coalesce(sum(n), 0)::int FROM ledger", &[])
-                        .await?;
-                    let sum: i32 = row.get(0);
-                    if first {
-                        barrier.wait().await;
+                    let (barrier, mine) = (&barrier, &mine);
+                    async move {
+                        let row = tx
+                            .query_one("SELECT coalesce(sum(n), 0)::int FROM ledger", &[])
+                            .await?;
+                        let sum: i32 = row.get(0);
+                        if first {
+                            barrier.wait().await;
+                        }
+                        tx.execute("INSERT INTO ledger VALUES ($1)", &[&(sum + 1)])
+                            .await?;
+                        Ok(mine.load(Ordering::SeqCst))
                     }
-                    tx.execute("INSERT INTO ledger VALUES ($1)", &[&(sum + 1)])
-                        .await?;
-                    Ok(mine.load(Ordering::SeqCst))
+                    .scoped()
                 })
                 .await
         })
@@ -143,14 +150,19 @@ async fn an_err_rolls_back_and_the_same_connection_comes_back_outside_a_transact
     let manager = single_connection_pool(&db.url).await;
     let pool = manager.postgres().unwrap();
     let attempts = AtomicU32::new(0);
-    let mut pid = 0;
+    let pid = AtomicU32::new(0);
 
     let error = pool
-        .transaction(async |tx| -> dbmanager::Result<()> {
+        .transaction(|tx| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            pid = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-            Err(Error::abort(OutOfStock))
+            let pid = &pid;
+            async move {
+                let backend: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                pid.store(backend as u32, Ordering::SeqCst);
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                Err::<(), _>(Error::abort(OutOfStock))
+            }
+            .scoped()
         })
         .await
         .unwrap_err();
@@ -168,8 +180,8 @@ async fn an_err_rolls_back_and_the_same_connection_comes_back_outside_a_transact
     assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
     let next = pool.get().await.unwrap();
     assert_eq!(
-        backend_pid(&next).await,
-        pid,
+        backend_pid(&next).await as u32,
+        pid.load(Ordering::SeqCst),
         "the connection went back to the pool"
     );
     assert!(!in_transaction_block(&next).await);
@@ -192,11 +204,14 @@ async fn a_failing_statement_rolls_back_and_is_not_retried() {
     let error = manager
         .postgres()
         .unwrap()
-        .transaction(async |tx| {
+        .transaction(|tx| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-            Ok(())
+            async move {
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                Ok(())
+            }
+            .scoped()
         })
         .await
         .unwrap_err();
@@ -221,11 +236,19 @@ async fn a_panic_rolls_back_resumes_and_the_connection_comes_back_outside_a_tran
             manager
                 .postgres()
                 .unwrap()
-                .transaction(async move |tx| -> dbmanager::Result<()> {
-                    let backend: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-                    pid.store(backend as u32, Ordering::SeqCst);
-                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-                    panic!("closure panicked");
+                .transaction(move |tx| {
+                    let pid = pid.clone();
+                    async move {
+                        let backend: i32 =
+                            tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                        pid.store(backend as u32, Ordering::SeqCst);
+                        tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                        if backend != 0 {
+                            panic!("closure panicked");
+                        }
+                        Ok(())
+                    }
+                    .scoped()
                 })
                 .await
         })
@@ -248,7 +271,7 @@ async fn a_panic_rolls_back_resumes_and_the_connection_comes_back_outside_a_tran
 
     // Caught in place as well, without a task boundary.
     let caught = std::panic::AssertUnwindSafe(
-        pool.transaction(async |_tx| -> dbmanager::Result<()> { panic!("again") }),
+        pool.transaction::<(), _>(|_tx| async move { panic!("again") }.scoped()),
     )
     .catch_unwind();
     drop(next);
@@ -271,14 +294,18 @@ async fn a_dropped_transaction_future_rolls_back_and_its_connection_is_closed() 
             manager
                 .postgres()
                 .unwrap()
-                .transaction(async move |tx| -> dbmanager::Result<()> {
-                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-                    let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-                    if let Some(wrote) = wrote.take() {
-                        let _ = wrote.send(pid);
+                .transaction(move |tx| {
+                    let wrote = wrote.take();
+                    async move {
+                        tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                        let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                        if let Some(wrote) = wrote {
+                            let _ = wrote.send(pid);
+                        }
+                        std::future::pending::<()>().await;
+                        Ok(())
                     }
-                    std::future::pending::<()>().await;
-                    Ok(())
+                    .scoped()
                 })
                 .await
         })
@@ -319,13 +346,16 @@ async fn exhausted_attempts_give_the_last_error_with_the_attempt_count() {
     let error = manager
         .postgres()
         .unwrap()
-        .transaction_with(options, async |tx| -> dbmanager::Result<()> {
+        .transaction_with(options, |tx| {
             let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
-            tx.batch_execute(&format!(
-                "DO $$ BEGIN RAISE EXCEPTION 'conflict {n}' USING ERRCODE = 'serialization_failure'; END $$"
-            ))
-            .await?;
-            Ok(())
+            async move {
+                tx.batch_execute(&format!(
+                    "DO $$ BEGIN RAISE EXCEPTION 'conflict {n}' USING ERRCODE = 'serialization_failure'; END $$"
+                ))
+                .await?;
+                Ok(())
+            }
+            .scoped()
         })
         .await
         .unwrap_err();
@@ -363,14 +393,18 @@ async fn a_deadlock_is_retried_like_a_serialization_failure() {
     let value = manager
         .postgres()
         .unwrap()
-        .transaction_with(options, async |tx| {
-            if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
-                tx.batch_execute(
-                    "DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$",
-                )
-                .await?;
+        .transaction_with(options, |tx| {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    tx.batch_execute(
+                        "DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$",
+                    )
+                    .await?;
+                }
+                Ok(7)
             }
-            Ok(7)
+            .scoped()
         })
         .await
         .unwrap();
@@ -388,10 +422,13 @@ async fn read_only_refuses_a_write_and_isolation_is_applied() {
     let attempts = AtomicU32::new(0);
 
     let error = pool
-        .transaction_with(TransactionOptions::new().read_only(true), async |tx| {
+        .transaction_with(TransactionOptions::new().read_only(true), |tx| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-            Ok(())
+            async move {
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                Ok(())
+            }
+            .scoped()
         })
         .await
         .unwrap_err();
@@ -403,67 +440,185 @@ async fn read_only_refuses_a_write_and_isolation_is_applied() {
         .read_only(true)
         .deferrable(true);
     let settings: String = pool
-        .transaction_with(options, async |tx| {
-            let row = tx
-                .query_one(
-                    "SELECT current_setting('transaction_isolation') || ' ' || \
-                            current_setting('transaction_read_only') || ' ' || \
-                            current_setting('transaction_deferrable')",
-                    &[],
-                )
-                .await?;
-            Ok(row.get(0))
+        .transaction_with(options, |tx| {
+            async move {
+                let row = tx
+                    .query_one(
+                        "SELECT current_setting('transaction_isolation') || ' ' || \
+                                current_setting('transaction_read_only') || ' ' || \
+                                current_setting('transaction_deferrable')",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            }
+            .scoped()
         })
         .await
         .unwrap();
     assert_eq!(settings, "serializable on on");
 }
 
+/// Runs one insert of `id` through the helper on a one-connection pool
+/// behind `proxy`, with `fault` armed for its first COMMIT, and returns the
+/// helper's result and how many times the closure ran.
+async fn insert_with_commit_fault(
+    manager: &DatabaseManager,
+    proxy: &FaultProxy,
+    fault: AtCommit,
+    options: TransactionOptions,
+) -> (dbmanager::Result<i32>, u32) {
+    let table = String::from("t");
+    let mut attempts = 0u32;
+    proxy.at_commit(fault);
+    let result = manager
+        .postgres()
+        .unwrap()
+        .transaction_with(options, |tx| {
+            attempts += 1;
+            let table = &table;
+            async move {
+                tx.execute(&format!("INSERT INTO {table} VALUES (1)"), &[])
+                    .await?;
+                Ok(1)
+            }
+            .scoped()
+        })
+        .await;
+    assert!(proxy.commit_fault_fired(), "the COMMIT passed the proxy");
+    (result, attempts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome_not_a_retry() {
+async fn a_commit_whose_answer_is_lost_is_found_committed_and_returns_ok_once() {
+    let db = TestDb::create("tx_lost_answer").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    let manager = single_connection_pool(&via_proxy).await;
+
+    let (result, attempts) = insert_with_commit_fault(
+        &manager,
+        &proxy,
+        AtCommit::DeliverThenCut,
+        TransactionOptions::new().retry(quick_retry(3)),
+    )
+    .await;
+
+    assert_eq!(result.unwrap(), 1, "the server committed: Ok");
+    assert_eq!(attempts, 1, "not run again");
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_reached_the_server_is_found_aborted_and_run_again() {
+    let db = TestDb::create("tx_lost_commit").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    let manager = single_connection_pool(&via_proxy).await;
+
+    let (result, attempts) = insert_with_commit_fault(
+        &manager,
+        &proxy,
+        AtCommit::DropAndCut,
+        TransactionOptions::new().retry(quick_retry(3)),
+    )
+    .await;
+
+    assert_eq!(result.unwrap(), 1);
+    assert_eq!(attempts, 2, "the rolled-back attempt ran again");
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_found_aborted_without_retries_left_is_exhausted_not_ok() {
+    let db = TestDb::create("tx_lost_once").await;
+    sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    let manager = single_connection_pool(&via_proxy).await;
+
+    let (result, attempts) = insert_with_commit_fault(
+        &manager,
+        &proxy,
+        AtCommit::DropAndCut,
+        TransactionOptions::new().retry(RetryPolicy::none()),
+    )
+    .await;
+
+    let error = result.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::TransactionRetriesExhausted { attempts: 1, .. }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(attempts, 1);
+    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_outcome_that_cannot_be_checked_within_the_bound_is_unknown_not_a_retry() {
     let db = TestDb::create("tx_unknown").await;
     sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
     let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
     let manager = single_connection_pool(&via_proxy).await;
-    let attempts = Arc::new(AtomicU32::new(0));
+    // The check needs a new connection; new connections stall past the
+    // bound.
+    let check_bound = Duration::from_millis(300);
+    proxy.stall_new(Duration::from_secs(60));
 
-    let task = {
-        let manager = manager.clone();
-        let attempts = attempts.clone();
-        let proxy_hold = Arc::new(proxy);
-        let proxy = proxy_hold.clone();
-        let handle = tokio::spawn(async move {
-            manager
-                .postgres()
-                .unwrap()
-                .transaction(async move |tx| {
-                    attempts.fetch_add(1, Ordering::SeqCst);
-                    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-                    // The COMMIT that follows reaches the server; its answer
-                    // does not come back.
-                    proxy.drop_replies();
-                    Ok(())
-                })
-                .await
-        });
-        (handle, proxy_hold)
-    };
-    let (handle, proxy) = task;
-    let committed = eventually(Duration::from_secs(10), async || {
-        query_i64(&db.url, "SELECT count(*) FROM t").await == 1
-    })
+    let (result, attempts) = insert_with_commit_fault(
+        &manager,
+        &proxy,
+        AtCommit::DeliverThenCut,
+        TransactionOptions::new()
+            .retry(quick_retry(3))
+            .outcome_timeout(check_bound),
+    )
     .await;
-    assert!(committed, "the COMMIT reached the server");
-    proxy.cut();
-    let error = handle.await.unwrap().unwrap_err();
 
+    let error = result.unwrap_err();
     assert!(
         matches!(&error, Error::CommitOutcomeUnknown { attempt: 1, .. }),
         "{error:?}"
     );
     assert!(error.to_string().contains("outcome unknown"), "{error}");
-    assert_eq!(attempts.load(Ordering::SeqCst), 1, "never run again");
-    assert_eq!(query_i64(&db.url, "SELECT count(*) FROM t").await, 1);
+    assert!(
+        error.to_string().contains("within 300ms"),
+        "names the bound: {error}"
+    );
+    assert_eq!(attempts, 1, "never run again");
+    let committed = eventually(Duration::from_secs(10), async || {
+        query_i64(&db.url, "SELECT count(*) FROM t").await == 1
+    })
+    .await;
+    assert!(committed, "the COMMIT reached the server and committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_of_a_transaction_that_wrote_nothing_runs_it_again() {
+    let db = TestDb::create("tx_lost_read").await;
+    let (proxy, via_proxy) = FaultProxy::in_front_of(&db.url).await;
+    let manager = single_connection_pool(&via_proxy).await;
+    let mut attempts = 0u32;
+
+    proxy.at_commit(AtCommit::DeliverThenCut);
+    let value: i32 = manager
+        .postgres()
+        .unwrap()
+        .transaction_with(TransactionOptions::new().retry(quick_retry(3)), |tx| {
+            attempts += 1;
+            async move { Ok(tx.query_one("SELECT 41 + 1", &[]).await?.get(0)) }.scoped()
+        })
+        .await
+        .unwrap();
+
+    assert!(proxy.commit_fault_fired());
+    assert_eq!(value, 42);
+    assert_eq!(
+        attempts, 2,
+        "no transaction id: nothing written, so it ran again rather than trust a snapshot whose commit is unknown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,13 +631,17 @@ async fn a_connection_lost_before_commit_runs_the_closure_again_on_another() {
     manager
         .postgres()
         .unwrap()
-        .transaction(async |tx| {
-            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
-            if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
-                tx.query("SELECT pg_terminate_backend(pg_backend_pid())", &[])
-                    .await?;
+        .transaction(|tx| {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                if first {
+                    tx.query("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+                        .await?;
+                }
+                Ok(())
             }
-            Ok(())
+            .scoped()
         })
         .await
         .unwrap();
@@ -514,13 +673,17 @@ async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
     coll.insert_one(doc! { "_id": 0 }).await.unwrap();
 
     let seen = mongo
-        .transaction(async |session| {
-            coll.insert_one(doc! { "_id": 1 })
-                .session(&mut *session)
-                .await?;
-            let inside = coll.count_documents(doc! {}).session(&mut *session).await?;
-            let outside = coll.count_documents(doc! {}).await?;
-            Ok((inside, outside))
+        .transaction(|session| {
+            let coll = &coll;
+            async move {
+                coll.insert_one(doc! { "_id": 1 })
+                    .session(&mut *session)
+                    .await?;
+                let inside = coll.count_documents(doc! {}).session(&mut *session).await?;
+                let outside = coll.count_documents(doc! {}).await?;
+                Ok((inside, outside))
+            }
+            .scoped()
         })
         .await
         .unwrap();
@@ -533,12 +696,16 @@ async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
 
     let attempts = AtomicU32::new(0);
     let error = mongo
-        .transaction(async |session| -> dbmanager::Result<()> {
+        .transaction(|session| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            coll.insert_one(doc! { "_id": 2 })
-                .session(&mut *session)
-                .await?;
-            Err(Error::abort(OutOfStock))
+            let coll = &coll;
+            async move {
+                coll.insert_one(doc! { "_id": 2 })
+                    .session(&mut *session)
+                    .await?;
+                Err::<(), _>(Error::abort(OutOfStock))
+            }
+            .scoped()
         })
         .await
         .unwrap_err();
@@ -553,11 +720,18 @@ async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
             manager
                 .mongo()
                 .unwrap()
-                .transaction(async move |session| -> dbmanager::Result<()> {
-                    coll.insert_one(doc! { "_id": 3 })
-                        .session(&mut *session)
-                        .await?;
-                    panic!("closure panicked");
+                .transaction(move |session| {
+                    let coll = coll.clone();
+                    async move {
+                        coll.insert_one(doc! { "_id": 3 })
+                            .session(&mut *session)
+                            .await?;
+                        if coll.name() == "orders" {
+                            panic!("closure panicked");
+                        }
+                        Ok(())
+                    }
+                    .scoped()
                 })
                 .await
         })
@@ -573,4 +747,57 @@ async fn mongo_transactions_commit_on_ok_and_abort_on_err_and_panic() {
         None,
         "the panicking transaction left nothing"
     );
+}
+
+/// Issue 20's first case on MongoDB: the closure swallows a failed write
+/// (a duplicate key) and returns `Ok`. What the helper returns must match
+/// what was committed: either the other write is there, or the helper
+/// does not say `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_a_swallowed_write_error_never_gives_ok_for_a_transaction_that_was_not_committed() {
+    use dbmanager::mongo::TransactionOptions as MongoOptions;
+    use dbmanager::mongodb::bson::{Document, doc};
+    let (url, _server) = support::mongo();
+    let manager = support::build(mongo_config(&url)).await;
+    let mongo = manager.mongo().unwrap();
+    let coll = mongo.database().collection::<Document>("orders");
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    let mut attempts = 0u32;
+    let options = MongoOptions::new().retry(quick_retry(3));
+
+    let result = mongo
+        .transaction_with(options, |session| {
+            attempts += 1;
+            let coll = &coll;
+            async move {
+                coll.insert_one(doc! { "_id": 2 })
+                    .session(&mut *session)
+                    .await?;
+                let duplicate = coll
+                    .insert_one(doc! { "_id": 1 })
+                    .session(&mut *session)
+                    .await;
+                assert!(duplicate.is_err(), "the duplicate key is refused");
+                Ok(())
+            }
+            .scoped()
+        })
+        .await;
+
+    let kept = coll.count_documents(doc! { "_id": 2 }).await.unwrap();
+    match &result {
+        Ok(()) => assert_eq!(kept, 1, "Ok: the other write was committed"),
+        Err(error) => assert_eq!(kept, 0, "an error, and nothing committed: {error}"),
+    }
+    // Which of the two depends on the server: mongoeco (the default test
+    // server) keeps the transaction open after the refused write and
+    // commits the other one (Ok, one attempt); a mongod aborts it, its
+    // commit fails as NoSuchTransaction labelled TransientTransactionError
+    // and the closure reruns until the retry policy ends (an error).
+    eprintln!("swallowed duplicate key: {result:?}, attempts {attempts}, kept {kept}");
+    if result.is_ok() {
+        assert_eq!(attempts, 1, "committed at the first attempt");
+    } else {
+        assert_eq!(attempts, 3, "rerun until the policy ended");
+    }
 }

@@ -4,15 +4,18 @@
 //! `UnknownTransactionCommitResult`, as the driver specification's
 //! convenient transaction API does.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use mongodb::ClientSession;
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 
 use super::MongoHandle;
+use crate::TxFuture;
 use crate::error::{Backend, Error, Result};
+use crate::metrics::{self, PoolLabel, TransactionEnd};
 use crate::retry::{Jitter, RetryPolicy};
 
 /// MaxTimeMSExpired: a commit that timed out on the server is not retried
@@ -91,6 +94,7 @@ fn has_label(error: &Error, label: &str) -> bool {
 }
 
 fn exhausted(attempts: u32, last: Error) -> Error {
+    metrics::transaction_exhausted(PoolLabel::MONGODB);
     Error::TransactionRetriesExhausted {
         backend: Backend::Mongodb,
         attempts,
@@ -112,24 +116,47 @@ impl MongoHandle {
     /// need a replica set or a sharded cluster; a standalone server refuses
     /// them, and that error is returned as is.
     ///
+    /// The closure returns its body as `async move { .. }.scoped()`
+    /// ([`crate::TxFutureExt::scoped`]): a boxed `Send` future that may
+    /// borrow the session and what the closure borrows, so the helper's
+    /// future is `Send` (`tokio::spawn`, axum handlers).
+    ///
+    /// An operation error the closure swallows (`let _ = coll.insert_one(..)
+    /// .session(..).await;` and then `Ok`) is never reported as a commit
+    /// that did not happen, but what follows depends on the server. A
+    /// `mongod` aborts the transaction on the failed statement; the commit
+    /// then fails with `NoSuchTransaction`, labelled
+    /// `TransientTransactionError`, so the closure runs again (and swallows
+    /// the same error again) until the retry policy ends with
+    /// [`Error::TransactionRetriesExhausted`]. mongoeco, the test suite's
+    /// wire server, keeps the transaction open and commits the other
+    /// writes (`Ok`). A closure that needs all or nothing returns the
+    /// error (`?`).
+    ///
     /// ```no_run
+    /// # fn require_send<F: std::future::Future + Send>(f: F) -> F { f }
     /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
+    /// use dbmanager::TxFutureExt;
     /// use dbmanager::mongodb::bson::{Document, doc};
     ///
     /// let accounts = db.mongo()?.database().collection::<Document>("accounts");
-    /// db.mongo()?
-    ///     .transaction(async |session| {
+    /// let (from, to) = (1, 2);
+    /// require_send(db.mongo()?.transaction(|session| {
+    ///     let accounts = &accounts;
+    ///     async move {
     ///         accounts
-    ///             .update_one(doc! { "_id": 1 }, doc! { "$inc": { "balance": -100 } })
+    ///             .update_one(doc! { "_id": from }, doc! { "$inc": { "balance": -100 } })
     ///             .session(&mut *session)
     ///             .await?;
     ///         accounts
-    ///             .update_one(doc! { "_id": 2 }, doc! { "$inc": { "balance": 100 } })
+    ///             .update_one(doc! { "_id": to }, doc! { "$inc": { "balance": 100 } })
     ///             .session(&mut *session)
     ///             .await?;
     ///         Ok(())
-    ///     })
-    ///     .await?;
+    ///     }
+    ///     .scoped()
+    /// }))
+    /// .await?;
     /// # Ok(()) }
     /// ```
     ///
@@ -143,11 +170,12 @@ impl MongoHandle {
     /// - [`Error::Mongo`] when a session or transaction cannot be started
     ///   (a standalone server: "Transaction numbers are only allowed on a
     ///   replica set member or mongos") or the commit fails otherwise.
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    pub fn transaction<'a, T, F>(&self, work: F) -> impl Future<Output = Result<T>> + Send
     where
-        F: AsyncFnMut(&mut ClientSession) -> Result<T>,
+        F: for<'s> FnMut(&'s mut ClientSession) -> TxFuture<'a, 's, Result<T>> + Send + 'a,
+        T: Send + 'a,
     {
-        self.transaction_with(TransactionOptions::new(), work).await
+        self.transaction_with(TransactionOptions::new(), work)
     }
 
     /// [`MongoHandle::transaction`] with driver options or a retry policy
@@ -156,14 +184,36 @@ impl MongoHandle {
     /// # Errors
     ///
     /// As [`MongoHandle::transaction`].
-    pub async fn transaction_with<T, F>(
+    // Not an `async fn`: the signature promises `Send`, so a change that
+    // breaks it fails here, not in a caller's `tokio::spawn`.
+    #[allow(clippy::manual_async_fn)]
+    pub fn transaction_with<'a, T, F>(
         &self,
         options: TransactionOptions,
-        mut work: F,
-    ) -> Result<T>
+        work: F,
+    ) -> impl Future<Output = Result<T>> + Send
     where
-        F: AsyncFnMut(&mut ClientSession) -> Result<T>,
+        F: for<'s> FnMut(&'s mut ClientSession) -> TxFuture<'a, 's, Result<T>> + Send + 'a,
+        T: Send + 'a,
     {
+        async move {
+            let started = Instant::now();
+            let result = self.attempts(options, work).await;
+            let end = match &result {
+                Ok(_) => TransactionEnd::Committed,
+                Err(_) => TransactionEnd::Failed,
+            };
+            metrics::transaction_finished(PoolLabel::MONGODB, end, started.elapsed());
+            result
+        }
+    }
+
+    async fn attempts<'a, T, F>(&self, options: TransactionOptions, mut work: F) -> Result<T>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> TxFuture<'a, 's, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let label = PoolLabel::MONGODB;
         let mut session = self
             .client
             .start_session()
@@ -177,6 +227,8 @@ impl MongoHandle {
         let mut attempt = 0u32;
         'attempts: loop {
             attempt += 1;
+            metrics::transaction_attempt(label);
+            let mut commit_unknown = false;
             session
                 .start_transaction()
                 .with_options(options.driver.clone())
@@ -194,6 +246,7 @@ impl MongoHandle {
                     }
                     match backoff.next() {
                         Some(delay) => {
+                            metrics::transaction_rerun(label, "transient");
                             tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient transaction error; running the transaction again");
                             tokio::time::sleep(delay).await;
                             continue 'attempts;
@@ -208,7 +261,12 @@ impl MongoHandle {
             };
             loop {
                 let error = match session.commit_transaction().await {
-                    Ok(()) => return Ok(value),
+                    Ok(()) => {
+                        if commit_unknown {
+                            metrics::commit_outcome(label, "committed");
+                        }
+                        return Ok(value);
+                    }
                     Err(e) => e,
                 };
                 let unknown = error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
@@ -217,15 +275,19 @@ impl MongoHandle {
                 let delay = backoff.next();
                 match (delay, unknown, transient) {
                     (Some(delay), true, _) => {
+                        commit_unknown = true;
+                        metrics::transaction_rerun(label, "commit_unknown");
                         tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "commit result unknown; committing again");
                         tokio::time::sleep(delay).await;
                     }
                     (Some(delay), false, true) => {
+                        metrics::transaction_rerun(label, "transient");
                         tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient commit error; running the transaction again");
                         tokio::time::sleep(delay).await;
                         continue 'attempts;
                     }
                     (None, true, _) => {
+                        metrics::commit_outcome(label, "unknown");
                         return Err(Error::CommitOutcomeUnknown {
                             backend: Backend::Mongodb,
                             attempt,

@@ -11,10 +11,13 @@ use deadpool::managed::Object;
 use deadpool_postgres::ClientWrapper;
 use tokio::task::JoinHandle;
 
+use super::protocol::{ServerError, TransactionStatus};
 use super::recycler::PgManager;
 use super::reuse::{self, NotReusable};
 use super::shared::Shared;
+use super::wire_tap::Tap;
 use crate::config::StatementCache;
+use crate::error::{Backend, Error};
 use crate::metrics::{self, CloseReason};
 
 /// A pooled PostgreSQL connection.
@@ -84,23 +87,18 @@ impl PooledConnection {
             .clone()
     }
 
-    /// After a `COMMIT` this connection sent: whether the server answered
-    /// it with `ROLLBACK` (the transaction had failed), with the first error
-    /// it reported in that transaction, secrets scrubbed.
-    pub(crate) fn commit_rolled_back(&self) -> Option<crate::error::Error> {
+    /// A view of this connection's session that outlives borrows of the
+    /// connection (the transaction helper holds one while a `Transaction`
+    /// borrows the connection).
+    pub(crate) fn session(&self) -> SessionWatch {
         let object = self
             .object
             .as_ref()
             .expect("a pooled connection is present until dropped");
-        let first = object.tap.rolled_back()?;
-        let shared = &object.shared;
-        Some(crate::error::Error::TransactionRolledBack {
-            backend: crate::error::Backend::Postgres,
-            sqlstate: first.as_ref().and_then(|e| e.code.clone()),
-            message: first
-                .and_then(|e| e.message)
-                .map(|m| crate::config::scrub(&m, &shared.secrets)),
-        })
+        SessionWatch {
+            tap: object.tap.clone(),
+            shared: object.shared.clone(),
+        }
     }
 
     /// Closes the connection instead of returning it to the pool, for a
@@ -286,5 +284,37 @@ fn return_or_close(object: Object<PgManager>) {
     {
         object.shared.closed(CloseReason::Excess, 1);
         drop(Object::take(object));
+    }
+}
+
+/// What the transaction helper reads of a connection's session: whether
+/// the server rolled the transaction back, and with which first error.
+pub(crate) struct SessionWatch {
+    tap: Arc<Tap>,
+    shared: Arc<Shared>,
+}
+
+impl SessionWatch {
+    /// The transaction is in the failed state (a statement inside failed):
+    /// it can only roll back.
+    pub fn transaction_failed(&self) -> Option<Error> {
+        (self.tap.view().status == TransactionStatus::Failed)
+            .then(|| self.rolled_back(self.tap.first_error()))
+    }
+
+    /// After a `COMMIT`: the server answered it with `ROLLBACK`.
+    pub fn commit_rolled_back(&self) -> Option<Error> {
+        let first = self.tap.rolled_back()?;
+        Some(self.rolled_back(first))
+    }
+
+    fn rolled_back(&self, first: Option<ServerError>) -> Error {
+        Error::TransactionRolledBack {
+            backend: Backend::Postgres,
+            sqlstate: first.as_ref().and_then(|e| e.code.clone()),
+            message: first
+                .and_then(|e| e.message)
+                .map(|m| crate::config::scrub(&m, &self.shared.secrets)),
+        }
     }
 }

@@ -1,17 +1,22 @@
 //! Transactions that end by themselves: commit on `Ok`, roll back on `Err`,
 //! on a panic and when abandoned, and run again after a serialization
-//! failure, a deadlock or a connection lost before `COMMIT`.
+//! failure, a deadlock or a connection lost before `COMMIT`. A connection
+//! lost after `COMMIT` was sent is resolved by asking the server what
+//! became of the transaction's id (`txid_status`).
 
-use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, Location};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Transaction;
 use futures_util::FutureExt;
-use tokio_postgres::IsolationLevel;
+use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 
 use super::connection::PooledConnection;
 use super::pool::PostgresPool;
+use crate::TxFuture;
 use crate::error::{Backend, Error, Result, describe_postgres};
+use crate::metrics::{self, TransactionEnd};
 use crate::retry::{Jitter, RetryPolicy};
 
 /// How [`PostgresPool::transaction_with`] runs a transaction: isolation
@@ -35,6 +40,7 @@ pub struct TransactionOptions {
     read_only: Option<bool>,
     deferrable: Option<bool>,
     retry: RetryPolicy,
+    outcome_timeout: Duration,
 }
 
 impl Default for TransactionOptions {
@@ -44,6 +50,9 @@ impl Default for TransactionOptions {
 }
 
 impl TransactionOptions {
+    /// The default of [`TransactionOptions::outcome_timeout`]: 10 s.
+    pub const DEFAULT_OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// The server's default isolation and access mode, and
     /// [`TransactionOptions::default_retry`].
     pub fn new() -> Self {
@@ -52,6 +61,7 @@ impl TransactionOptions {
             read_only: None,
             deferrable: None,
             retry: Self::default_retry(),
+            outcome_timeout: Self::DEFAULT_OUTCOME_TIMEOUT,
         }
     }
 
@@ -97,14 +107,44 @@ impl TransactionOptions {
         self.retry = policy;
         self
     }
+
+    /// Bounds the check made when the connection is lost after `COMMIT`
+    /// was sent: a connection from the pool, then `txid_status` until the
+    /// server knows. Past it the helper gives up with
+    /// [`Error::CommitOutcomeUnknown`]. Default:
+    /// [`TransactionOptions::DEFAULT_OUTCOME_TIMEOUT`] (10 s).
+    pub fn outcome_timeout(mut self, bound: Duration) -> Self {
+        self.outcome_timeout = bound;
+        self
+    }
 }
 
-/// How one attempt ended, when it did not commit.
-enum Failure {
+/// How one attempt ended.
+enum Attempt<T> {
+    /// COMMIT answered: committed.
+    Committed(T),
     /// The transaction is gone without effect and may run again.
     Retry(Error),
     /// Return this error as it is.
     Fail(Error),
+    /// COMMIT was sent and the connection was lost before its answer: the
+    /// server may have committed. Resolved with `txid_status`.
+    CommitLost {
+        value: T,
+        xid: Option<i64>,
+        backend_pid: Option<i32>,
+        error: tokio_postgres::Error,
+    },
+}
+
+/// What the server says became of a transaction whose COMMIT went
+/// unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    Committed,
+    Aborted,
+    /// No transaction id was assigned: it wrote nothing.
+    NoWrite,
 }
 
 /// Serialization failure or deadlock: nothing was kept, a rerun can pass.
@@ -112,12 +152,36 @@ fn is_conflict(error: &Error) -> bool {
     matches!(error.sqlstate(), Some("40001" | "40P01"))
 }
 
+/// The `reason` label of a rerun: the SQLSTATE class (`40` for conflicts,
+/// `57` or `08` for a session ended by the server), or `connection` when
+/// the connection was lost without an answer.
+fn rerun_reason(error: &Error) -> &'static str {
+    match error.sqlstate() {
+        Some(code) => match &code[..2] {
+            "40" => "40",
+            "08" => "08",
+            "57" => "57",
+            _ => "other",
+        },
+        None => "connection",
+    }
+}
+
 impl PostgresPool {
     /// Runs `work` in a transaction with the default options: commits when
     /// it returns `Ok`, rolls back when it returns `Err` or panics (the
     /// panic then continues), and runs it again after a serialization
     /// failure (SQLSTATE 40001), a deadlock (40P01) or a connection lost
-    /// before `COMMIT` was sent, per [`TransactionOptions::default_retry`].
+    /// before `COMMIT` was sent, per [`TransactionOptions::default_retry`]
+    /// (set another with [`PostgresPool::transaction_with`] and
+    /// [`TransactionOptions::retry`]).
+    ///
+    /// The closure returns its body as `async move { .. }.scoped()`
+    /// ([`crate::TxFutureExt::scoped`]): a boxed `Send` future that may
+    /// borrow the transaction and anything the closure borrows, so the
+    /// helper's future is `Send` and runs inside `tokio::spawn` and axum
+    /// handlers. State that changes per attempt (a counter) is changed in
+    /// the closure's body, before the `async move` block.
     ///
     /// The closure may run more than once: keep effects outside the
     /// database (e-mails, messages) out of it, or make them idempotent. It
@@ -127,23 +191,31 @@ impl PostgresPool {
     /// If the returned future is dropped before it finishes (a timeout, a
     /// cancelled request), the connection is closed instead of going back
     /// to the pool, and the server rolls the transaction back: no other
-    /// caller is ever handed a connection inside it.
+    /// caller is ever handed a connection inside it. Leak and slow-acquire
+    /// warnings name the line that called this method.
     ///
     /// ```no_run
-    /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
-    /// let (from, to, amount) = (1i64, 2i64, 100i64);
-    /// let balance: i64 = db
-    ///     .postgres()?
-    ///     .transaction(async |tx| {
-    ///         tx.execute("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &[&from, &amount])
+    /// # fn require_send<F: std::future::Future + Send>(f: F) -> F { f }
+    /// # struct Transfer { from: i64, to: i64, amount: i64 }
+    /// # async fn demo(db: dbmanager::DatabaseManager, req: Transfer) -> dbmanager::Result<()> {
+    /// use dbmanager::TxFutureExt;
+    ///
+    /// let mut attempts = 0;
+    /// let balance: i64 = require_send(db.postgres()?.transaction(|tx| {
+    ///     attempts += 1;
+    ///     let req = &req;
+    ///     async move {
+    ///         tx.execute("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &[&req.from, &req.amount])
     ///             .await?;
-    ///         tx.execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &[&to, &amount])
+    ///         tx.execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &[&req.to, &req.amount])
     ///             .await?;
-    ///         let row = tx.query_one("SELECT balance FROM accounts WHERE id = $1", &[&from]).await?;
+    ///         let row = tx.query_one("SELECT balance FROM accounts WHERE id = $1", &[&req.from]).await?;
     ///         Ok(row.get(0))
-    ///     })
-    ///     .await?;
-    /// # let _ = balance; Ok(()) }
+    ///     }
+    ///     .scoped()
+    /// }))
+    /// .await?;
+    /// # let _ = (balance, attempts); Ok(()) }
     /// ```
     ///
     /// # Errors
@@ -158,65 +230,160 @@ impl PostgresPool {
     ///   the last error, when every attempt conflicted or lost its
     ///   connection;
     /// - [`Error::CommitOutcomeUnknown`] when the connection failed after
-    ///   `COMMIT` was sent: it may have committed, so it is not run again;
+    ///   `COMMIT` was sent and the server could not say, within
+    ///   [`TransactionOptions::outcome_timeout`], whether the transaction
+    ///   committed (it is not run again). When it can say: committed gives
+    ///   `Ok`, rolled back runs the closure again per the retry policy, and
+    ///   a transaction that wrote nothing runs again too (a rerun cannot
+    ///   apply anything twice, and its value may rest on a snapshot whose
+    ///   commit is unknown);
     /// - pool errors from checking out a connection ([`PostgresPool::get`]).
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    #[track_caller]
+    pub fn transaction<'p, 'a, T, F>(&'p self, work: F) -> impl Future<Output = Result<T>> + Send
     where
-        F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'a, 't, Result<T>> + Send + 'a,
+        T: Send + 'a,
     {
-        self.transaction_with(TransactionOptions::new(), work).await
+        let caller = Location::caller();
+        self.run_transaction(TransactionOptions::new(), work, caller)
     }
 
     /// [`PostgresPool::transaction`] with an isolation level, access mode,
-    /// deferrability or retry policy of its own.
+    /// deferrability, retry policy or outcome check bound of its own.
     ///
     /// ```no_run
+    /// # fn require_send<F: std::future::Future + Send>(f: F) -> F { f }
     /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
     /// use dbmanager::postgres::{IsolationLevel, TransactionOptions};
+    /// use dbmanager::{RetryPolicy, TxFutureExt};
     ///
-    /// let options = TransactionOptions::new().isolation(IsolationLevel::Serializable);
-    /// let total: i64 = db
-    ///     .postgres()?
-    ///     .transaction_with(options, async |tx| {
+    /// let options = TransactionOptions::new()
+    ///     .isolation(IsolationLevel::Serializable)
+    ///     .retry(TransactionOptions::default_retry().max_attempts(10));
+    /// let table = String::from("audits");
+    /// let total: i64 = require_send(db.postgres()?.transaction_with(options, |tx| {
+    ///     let table = &table;
+    ///     async move {
     ///         let row = tx.query_one("SELECT sum(balance)::bigint FROM accounts", &[]).await?;
-    ///         tx.execute("INSERT INTO audits (total) VALUES ($1)", &[&row.get::<_, i64>(0)]).await?;
+    ///         tx.execute(&format!("INSERT INTO {table} (total) VALUES ($1)"), &[&row.get::<_, i64>(0)])
+    ///             .await?;
     ///         Ok(row.get(0))
-    ///     })
-    ///     .await?;
+    ///     }
+    ///     .scoped()
+    /// }))
+    /// .await?;
     /// # let _ = total; Ok(()) }
     /// ```
     ///
     /// # Errors
     ///
     /// As [`PostgresPool::transaction`].
-    pub async fn transaction_with<T, F>(
+    #[track_caller]
+    pub fn transaction_with<'p, 'a, T, F>(
+        &'p self,
+        options: TransactionOptions,
+        work: F,
+    ) -> impl Future<Output = Result<T>> + Send
+    where
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'a, 't, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let caller = Location::caller();
+        self.run_transaction(options, work, caller)
+    }
+
+    async fn run_transaction<'a, T, F>(
         &self,
         options: TransactionOptions,
         mut work: F,
+        caller: &'static Location<'static>,
     ) -> Result<T>
     where
-        F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'a, 't, Result<T>> + Send + 'a,
+        T: Send + 'a,
     {
+        let label = self.label();
+        let started = Instant::now();
+        let result = self.attempts(&options, &mut work, caller).await;
+        let end = match &result {
+            Ok(_) => TransactionEnd::Committed,
+            Err(_) => TransactionEnd::Failed,
+        };
+        metrics::transaction_finished(label, end, started.elapsed());
+        result
+    }
+
+    async fn attempts<'a, T, F>(
+        &self,
+        options: &TransactionOptions,
+        work: &mut F,
+        caller: &'static Location<'static>,
+    ) -> Result<T>
+    where
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'a, 't, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let label = self.label();
         let mut backoff = options.retry.backoff();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let error = match self.attempt(&options, &mut work, attempt).await {
-                Ok(value) => return Ok(value),
-                Err(Failure::Fail(error)) => return Err(error),
-                Err(Failure::Retry(error)) => error,
+            metrics::transaction_attempt(label);
+            let error = match self.attempt(options, work, caller).await {
+                Attempt::Committed(value) => return Ok(value),
+                Attempt::Fail(error) => return Err(error),
+                Attempt::Retry(error) => error,
+                Attempt::CommitLost {
+                    value,
+                    xid,
+                    backend_pid,
+                    error,
+                } => {
+                    let reason = describe_postgres(&error);
+                    let lost = Error::postgres("committing a transaction", error);
+                    match self
+                        .resolve_commit(xid, backend_pid, options.outcome_timeout, caller)
+                        .await
+                    {
+                        Ok(resolved) => {
+                            metrics::commit_outcome(label, resolved.as_label());
+                            tracing::info!(
+                                target: "dbmanager::postgres",
+                                attempt,
+                                outcome = resolved.as_label(),
+                                error = %lost,
+                                "connection lost after COMMIT was sent; outcome resolved"
+                            );
+                            match resolved {
+                                Resolved::Committed => return Ok(value),
+                                Resolved::Aborted | Resolved::NoWrite => lost,
+                            }
+                        }
+                        Err(why) => {
+                            metrics::commit_outcome(label, "unknown");
+                            return Err(Error::CommitOutcomeUnknown {
+                                backend: Backend::Postgres,
+                                attempt,
+                                reason: format!("{reason}; {why}"),
+                            });
+                        }
+                    }
+                }
             };
             let Some(delay) = backoff.next() else {
+                metrics::transaction_exhausted(label);
                 return Err(Error::TransactionRetriesExhausted {
                     backend: Backend::Postgres,
                     attempts: attempt,
                     last: Box::new(error),
                 });
             };
+            metrics::transaction_rerun(label, rerun_reason(&error));
             tracing::info!(
                 target: "dbmanager::postgres",
                 attempt,
                 next_delay_ms = delay.as_millis() as u64,
+                sqlstate = error.sqlstate().unwrap_or(""),
                 error = %error,
                 "transaction rolled back; running it again"
             );
@@ -224,19 +391,24 @@ impl PostgresPool {
         }
     }
 
-    async fn attempt<T, F>(
+    async fn attempt<'a, T, F>(
         &self,
         options: &TransactionOptions,
         work: &mut F,
-        attempt: u32,
-    ) -> std::result::Result<T, Failure>
+        caller: &'static Location<'static>,
+    ) -> Attempt<T>
     where
-        F: AsyncFnMut(&Transaction<'_>) -> Result<T>,
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'a, 't, Result<T>> + Send + 'a,
+        T: Send + 'a,
     {
-        let mut connection = self.get().await.map_err(Failure::Fail)?;
+        let mut connection = match self.acquire(caller, None).await {
+            Ok(connection) => connection,
+            Err(error) => return Attempt::Fail(error),
+        };
         // From here until the transaction is known to have ended, dropping
         // the connection closes it.
         connection.in_transaction = true;
+        let session = connection.session();
         let mut builder = connection.build_transaction();
         if let Some(level) = options.isolation {
             builder = builder.isolation_level(level);
@@ -254,24 +426,19 @@ impl PostgresPool {
                 // is lost (and stays marked, so it is closed).
                 let lost = e.code().is_none();
                 let error = Error::postgres("starting a transaction", e);
-                return Err(if lost {
-                    Failure::Retry(error)
+                return if lost {
+                    Attempt::Retry(error)
                 } else {
-                    Failure::Fail(error)
-                });
+                    Attempt::Fail(error)
+                };
             }
         };
         let outcome = AssertUnwindSafe(work(&tx)).catch_unwind().await;
         let value = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => {
-                let rolled_back = tx.rollback().await.is_ok();
-                ended(&mut connection, rolled_back);
-                return Err(if is_conflict(&error) || connection.is_closed() {
-                    Failure::Retry(error)
-                } else {
-                    Failure::Fail(error)
-                });
+                let ok = tx.rollback().await.is_ok();
+                return rolled_back(&mut connection, ok, error);
             }
             Err(panic) => {
                 let rolled_back = tx.rollback().await.is_ok();
@@ -280,35 +447,165 @@ impl PostgresPool {
                 std::panic::resume_unwind(panic);
             }
         };
+        // The transaction's id, known before COMMIT is sent: if the answer
+        // to COMMIT is lost, the server can still say what became of it.
+        // One round trip; a transaction that failed inside the closure
+        // answers it with 25P02 and is rolled back here, never committed.
+        let (xid, backend_pid) = match tx
+            .simple_query("SELECT txid_current_if_assigned(), pg_backend_pid()")
+            .await
+        {
+            Ok(messages) => xid_and_pid(&messages),
+            Err(e) => {
+                // Refused because a statement inside failed (the closure
+                // went on regardless): the session knows the first error.
+                let error = session.transaction_failed().unwrap_or_else(|| {
+                    Error::postgres("reading the transaction id before COMMIT", e)
+                });
+                let ok = tx.rollback().await.is_ok();
+                return rolled_back(&mut connection, ok, error);
+            }
+        };
         match tx.commit().await {
             Ok(()) => {
                 connection.in_transaction = false;
                 // A failed transaction's COMMIT succeeds as a message and
                 // rolls back: the server says so only in the tag.
-                match connection.commit_rolled_back() {
-                    None => Ok(value),
-                    Some(error) if is_conflict(&error) => Err(Failure::Retry(error)),
-                    Some(error) => Err(Failure::Fail(error)),
+                match session.commit_rolled_back() {
+                    None => Attempt::Committed(value),
+                    Some(error) if is_conflict(&error) => Attempt::Retry(error),
+                    Some(error) => Attempt::Fail(error),
                 }
             }
             // The server answered: the transaction is over, rolled back.
             Err(e) if e.code().is_some() => {
                 connection.in_transaction = false;
                 let error = Error::postgres("committing a transaction", e);
-                Err(if is_conflict(&error) {
-                    Failure::Retry(error)
+                if is_conflict(&error) {
+                    Attempt::Retry(error)
                 } else {
-                    Failure::Fail(error)
-                })
+                    Attempt::Fail(error)
+                }
             }
             // COMMIT was sent and no answer came: the connection stays
-            // marked and is closed with it.
-            Err(e) => Err(Failure::Fail(Error::CommitOutcomeUnknown {
-                backend: Backend::Postgres,
-                attempt,
-                reason: describe_postgres(&e),
-            })),
+            // marked and is closed when this attempt returns, before the
+            // outcome is asked on another.
+            Err(error) => Attempt::CommitLost {
+                value,
+                xid,
+                backend_pid,
+                error,
+            },
         }
+    }
+
+    /// Asks the server, on another connection and within `bound`, what
+    /// became of transaction `xid` whose COMMIT went unanswered. `Err`
+    /// says why it could not tell.
+    async fn resolve_commit(
+        &self,
+        xid: Option<i64>,
+        backend_pid: Option<i32>,
+        bound: Duration,
+        caller: &'static Location<'static>,
+    ) -> std::result::Result<Resolved, String> {
+        let Some(xid) = xid else {
+            return Ok(Resolved::NoWrite);
+        };
+        let deadline = tokio::time::Instant::now() + bound;
+        let within = |what: &'static str| {
+            format!("the outcome could not be checked within {bound:?} ({what})")
+        };
+        let check = async {
+            let connection = self
+                .acquire(caller, Some(bound))
+                .await
+                .map_err(|e| format!("no connection for the check within {bound:?}: {e}"))?;
+            let mut pause = Duration::from_millis(10);
+            let mut terminated = false;
+            loop {
+                let status = connection
+                    .simple_query(&format!("SELECT txid_status({xid})"))
+                    .await
+                    .map_err(|e| format!("txid_status failed: {}", describe_postgres(&e)))?;
+                match first_text(&status).as_deref() {
+                    Some("committed") => return Ok(Resolved::Committed),
+                    Some("aborted") => return Ok(Resolved::Aborted),
+                    Some("in progress") => {}
+                    other => return Err(format!("txid_status answered {other:?}")),
+                }
+                // Still open on the server: its session has not seen the
+                // connection go. If it sits idle in that transaction, the
+                // COMMIT never arrived; ending the session makes the
+                // outcome final (aborted). One that is running the COMMIT
+                // is left to finish.
+                if let (Some(pid), false) = (backend_pid, terminated) {
+                    terminated = true;
+                    let xid32 = xid.rem_euclid(1 << 32);
+                    let _ = connection
+                        .simple_query(&format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE pid = {pid} AND state = 'idle in transaction' \
+                             AND backend_xid::text = '{xid32}'"
+                        ))
+                        .await;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+        };
+        match tokio::time::timeout_at(deadline, check).await {
+            Ok(resolved) => resolved,
+            Err(_) => Err(within(
+                "the server still reports it in progress or did not answer",
+            )),
+        }
+    }
+}
+
+impl Resolved {
+    fn as_label(self) -> &'static str {
+        match self {
+            Resolved::Committed => "committed",
+            Resolved::Aborted => "aborted",
+            Resolved::NoWrite => "no_write",
+        }
+    }
+}
+
+/// The first column of the first row of a simple query, as text.
+fn first_text(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+fn xid_and_pid(messages: &[SimpleQueryMessage]) -> (Option<i64>, Option<i32>) {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some((
+                row.get(0).and_then(|v| v.parse().ok()),
+                row.get(1).and_then(|v| v.parse().ok()),
+            )),
+            _ => None,
+        })
+        .unwrap_or((None, None))
+}
+
+/// After the rollback that `error` caused: whether the closure may run
+/// again.
+fn rolled_back<T>(
+    connection: &mut PooledConnection,
+    rolled_back: bool,
+    error: Error,
+) -> Attempt<T> {
+    ended(connection, rolled_back);
+    if is_conflict(&error) || connection.is_closed() {
+        Attempt::Retry(error)
+    } else {
+        Attempt::Fail(error)
     }
 }
 

@@ -114,6 +114,12 @@ impl Tap {
             .then(|| session.first_error().cloned())
     }
 
+    /// The first error the server reported in the current (or last)
+    /// transaction.
+    pub fn first_error(&self) -> Option<ServerError> {
+        self.session().first_error().cloned()
+    }
+
     /// Whether the server refused a write as read-only since the flag was
     /// last taken; clears it.
     pub fn take_refused_write(&self) -> bool {

@@ -9,7 +9,7 @@
 //! `support::Blackhole`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -25,6 +25,29 @@ enum Ending {
     Reset,
 }
 
+/// What happens to the next chunk the client sends that carries a
+/// PostgreSQL `COMMIT` (a simple query, as tokio-postgres sends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtCommit {
+    /// The chunk reaches the server, then the client's side is reset and
+    /// the server's side closed: the server commits, its answer is lost.
+    DeliverThenCut = 1,
+    /// The chunk is dropped and both sides are reset: the server never
+    /// sees the COMMIT and rolls back when it notices the connection gone.
+    DropAndCut = 2,
+}
+
+/// The bytes of the simple query tokio-postgres sends to commit.
+const COMMIT_QUERY: &[u8] = b"COMMIT\0";
+
+/// How a pump ended.
+enum PumpEnd {
+    /// A side closed or the flow carried its allowance.
+    Done,
+    /// An armed [`AtCommit`] fired on this chunk.
+    Commit(AtCommit),
+}
+
 /// The faults in force, shared by the proxy and all its flows.
 struct Faults {
     /// New connections wait this long before reaching the server.
@@ -37,6 +60,8 @@ struct Faults {
     cut_after_bytes: AtomicU64,
     /// While true, established flows forward nothing, either way.
     frozen: watch::Sender<bool>,
+    /// Armed [`AtCommit`] (0: none); fires once, on the first flow it meets.
+    at_commit: AtomicU8,
     /// Each message ends every flow established before it.
     end: watch::Sender<Option<Ending>>,
     accepted: AtomicUsize,
@@ -59,6 +84,7 @@ impl FaultProxy {
             latency_ms: AtomicU64::new(0),
             drop_replies: AtomicBool::new(false),
             cut_after_bytes: AtomicU64::new(u64::MAX),
+            at_commit: AtomicU8::new(0),
             frozen: watch::channel(false).0,
             end: watch::channel(None).0,
             accepted: AtomicUsize::new(0),
@@ -140,6 +166,16 @@ impl FaultProxy {
         self.faults.cut_after_bytes.store(bytes, Ordering::Release);
     }
 
+    /// Arms a fault on the next client chunk carrying a `COMMIT` (once).
+    pub fn at_commit(&self, fault: AtCommit) {
+        self.faults.at_commit.store(fault as u8, Ordering::Release);
+    }
+
+    /// Whether an armed [`AtCommit`] has fired.
+    pub fn commit_fault_fired(&self) -> bool {
+        self.faults.at_commit.load(Ordering::Acquire) == 0
+    }
+
     /// Closes every established flow (both sockets, FIN).
     pub fn cut(&self) {
         self.faults.end.send_replace(Some(Ending::Close));
@@ -171,13 +207,21 @@ async fn flow(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, fa
     let (client_write, server_write) = (Arc::new(client_write), Arc::new(server_write));
     let up = pump(client_read, server_write.clone(), &faults, &carried, false);
     let down = pump(server_read, client_write.clone(), &faults, &carried, true);
-    let ending = tokio::select! {
-        _ = up => Ending::Close,
-        _ = down => Ending::Close,
-        Ok(()) = end.changed() => end.borrow().unwrap_or(Ending::Close),
+    let (reset_client, reset_server) = tokio::select! {
+        ended = up => match ended {
+            PumpEnd::Done => (false, false),
+            // The server keeps the COMMIT it has read: a FIN after it.
+            PumpEnd::Commit(AtCommit::DeliverThenCut) => (true, false),
+            PumpEnd::Commit(AtCommit::DropAndCut) => (true, true),
+        },
+        _ = down => (false, false),
+        Ok(()) = end.changed() => {
+            let reset = end.borrow().unwrap_or(Ending::Close) == Ending::Reset;
+            (reset, reset)
+        }
     };
-    if ending == Ending::Reset {
-        for half in [&client_write, &server_write] {
+    for (half, reset) in [(&client_write, reset_client), (&server_write, reset_server)] {
+        if reset {
             let half: &OwnedWriteHalf = half;
             let socket: &tokio::net::TcpStream = half.as_ref();
             let _ = socket.set_zero_linger();
@@ -194,14 +238,25 @@ async fn pump(
     faults: &Faults,
     carried: &AtomicU64,
     replies: bool,
-) {
+) -> PumpEnd {
     let mut frozen = faults.frozen.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let _ = frozen.wait_for(|frozen| !*frozen).await;
         let Ok(n @ 1..) = from.read(&mut buf).await else {
-            return;
+            return PumpEnd::Done;
         };
+        if !replies
+            && buf[..n]
+                .windows(COMMIT_QUERY.len())
+                .any(|w| w == COMMIT_QUERY)
+            && let Some(fault) = take_commit_fault(faults)
+        {
+            if fault == AtCommit::DeliverThenCut {
+                let _ = write_all(&to, &buf[..n]).await;
+            }
+            return PumpEnd::Commit(fault);
+        }
         let _ = frozen.wait_for(|frozen| !*frozen).await;
         let latency = faults.latency_ms.load(Ordering::Acquire);
         if latency > 0 {
@@ -220,8 +275,16 @@ async fn pump(
         }
         // Shared with the flow (to reset it), so written through the stream.
         if write_all(&to, &buf[..n]).await.is_err() || total >= limit {
-            return;
+            return PumpEnd::Done;
         }
+    }
+}
+
+fn take_commit_fault(faults: &Faults) -> Option<AtCommit> {
+    match faults.at_commit.swap(0, Ordering::AcqRel) {
+        1 => Some(AtCommit::DeliverThenCut),
+        2 => Some(AtCommit::DropAndCut),
+        _ => None,
     }
 }
 

@@ -13,4 +13,4 @@ mod tests;
 
 pub(crate) use framer::Framer;
 pub(crate) use policy::{Action, decide};
-pub(crate) use session::{ServerError, Session, View};
+pub(crate) use session::{ServerError, Session, TransactionStatus, View};

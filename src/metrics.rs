@@ -2,7 +2,10 @@
 //! facade (feature `metrics`).
 //!
 //! Any exporter works: install a recorder (Prometheus, StatsD, ...) in the
-//! application and these metrics appear. Every metric has the labels
+//! application and these metrics appear, provided it is built on the same
+//! facade, `metrics` 0.24 (a recorder of another version never sees these
+//! series; `cargo tree -i metrics` shows one version). docs/operations.md
+//! shows a `/metrics` route with metrics-exporter-prometheus. Every metric has the labels
 //! `database` (`postgres` or `mongodb`) and `pool`, which names the pool so
 //! that two pools never share a series: `primary` (the PostgreSQL pool),
 //! `replica-1`, `replica-2`, ... (read replicas, in configuration order),

@@ -296,3 +296,69 @@ async fn a_wrapped_file_runs_in_the_migration_transaction_and_rolls_back_whole()
         0
     );
 }
+
+/// Each tool's history under another table name in a schema of its own,
+/// outside the search_path (golang-migrate's `x-migrations-table` in
+/// `schema_om`, as OpenMeter's databases keep it): the default lookup does
+/// not find it, `adopt_table` with the schema and name does, and `up`
+/// continues after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_under_another_table_in_another_schema_is_adopted() {
+    for (from, history_sql, table) in [
+        (AdoptFrom::GolangMigrate, GOLANG_MIGRATE, "om_migrations"),
+        (AdoptFrom::Sqlx, SQLX, "Sqlx History"),
+        (AdoptFrom::Refinery, REFINERY, "refinery_history"),
+    ] {
+        let renamed = history_sql.replace(
+            &[format!("\"{}\"", from.table()), from.table().to_string()]
+                .into_iter()
+                .find(|t| history_sql.contains(t.as_str()))
+                .unwrap(),
+            &format!("schema_om.\"{table}\""),
+        );
+        let db = migrated_by_another_tool(
+            &format!("adopt_renamed_{}", from.name().replace('-', "_")),
+            &format!("CREATE SCHEMA schema_om; {renamed}"),
+        )
+        .await;
+        let dir = folder();
+        let migrations = Migrations::from_dir(dir.path()).unwrap();
+        let manager = manager(&db.url).await;
+        let migrator = manager.migrator(&migrations).unwrap();
+
+        let error = migrate_error(migrator.adopt(from).await.unwrap_err());
+        assert!(
+            matches!(error, MigrateError::AdoptNoHistory { .. }),
+            "{from}: {error:?}"
+        );
+        assert!(error.to_string().contains("--table"), "{error}");
+        let error = migrate_error(
+            migrator
+                .adopt_table(from, Some("public"), table)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            error.to_string().contains(&format!("public.{table}")),
+            "{error}"
+        );
+
+        let report = migrator
+            .adopt_table(from, Some("schema_om"), table)
+            .await
+            .unwrap();
+        // Quoted only where PostgreSQL needs it (the space).
+        let expected = if table.contains(' ') {
+            format!("schema_om.\"{table}\"")
+        } else {
+            format!("schema_om.{table}")
+        };
+        assert_eq!(report.table, expected, "{from}");
+        assert_eq!(report.applied, [1, 2], "{from}");
+        assert_eq!(report.recorded, [1, 2], "{from}");
+        assert_eq!(history(&db.url, HISTORY).await, [1, 2]);
+        let up = migrator.up().await.unwrap();
+        assert_eq!(up.versions(), [3], "{from}");
+        manager.shutdown().await.unwrap();
+    }
+}

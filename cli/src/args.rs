@@ -155,6 +155,15 @@ pub enum MigrateCommand {
         /// The tool: golang-migrate, sqlx or refinery.
         #[arg(long, value_parser = parse_tool)]
         from: AdoptFrom,
+        /// The tool's history table, when not its default (golang-migrate's
+        /// x-migrations-table; sqlx's and refinery's table setting).
+        /// Defaults: schema_migrations, _sqlx_migrations, refinery_schema_history.
+        #[arg(long)]
+        table: Option<String>,
+        /// The schema of that table. Without it, the table is looked up
+        /// through the connection's search_path, as the tools do.
+        #[arg(long)]
+        schema: Option<String>,
     },
 }
 

@@ -11,6 +11,7 @@ mod config_cmd;
 mod db_cmd;
 mod health_cmd;
 mod migrate_cmd;
+mod progress;
 mod wait_cmd;
 
 use std::process::ExitCode;
@@ -83,6 +84,9 @@ pub fn emit(text: &str) {
 
 fn init_logging(verbose: u8) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Quiet by default: the result goes to stdout, a failure is one line.
     let default = match verbose {
         0 => "error",
@@ -91,10 +95,19 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let terminal = std::io::stderr().is_terminal();
+    // The bar sees the migration events whatever the log level: it has a
+    // filter of its own, and draws nothing when stderr is not a terminal.
+    let progress = progress::Progress::new(terminal);
+    let bar_events = tracing_subscriber::filter::Targets::new()
+        .with_target("dbmanager::migrate", tracing::Level::INFO);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(progress.clone())
+        .with_ansi(terminal)
         .with_target(false)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(progress.with_filter(bar_events))
         .init();
 }

@@ -66,27 +66,38 @@ pub async fn run(config: Config, command: MigrateCommand) -> dbmanager::Result<E
                 crate::emit(&format!("forgot {version} (its file is gone)"));
             }
         }),
-        MigrateCommand::Adopt { from } => migrator.adopt(from).await.map(|r| {
-            if r.applied.is_empty() {
-                crate::emit(&format!(
-                    "{} ({}) records no applied migration",
-                    r.from, r.table
-                ));
-            }
-            for version in &r.recorded {
-                crate::emit(&format!("recorded {version} (applied by {})", r.from));
-            }
-            if !r.already_recorded.is_empty() {
-                crate::emit(&format!(
-                    "already recorded: {}",
-                    r.already_recorded
-                        .iter()
-                        .map(i64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }),
+        MigrateCommand::Adopt {
+            from,
+            table,
+            schema,
+        } => migrator
+            .adopt_table(
+                from,
+                schema.as_deref(),
+                table.as_deref().unwrap_or(from.table()),
+            )
+            .await
+            .map(|r| {
+                if r.applied.is_empty() {
+                    crate::emit(&format!(
+                        "{} ({}) records no applied migration",
+                        r.from, r.table
+                    ));
+                }
+                for version in &r.recorded {
+                    crate::emit(&format!("recorded {version} (applied by {})", r.from));
+                }
+                if !r.already_recorded.is_empty() {
+                    crate::emit(&format!(
+                        "already recorded: {}",
+                        r.already_recorded
+                            .iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }),
         MigrateCommand::New { .. } => unreachable!("handled above"),
     };
     // The migration's own error matters more than a shutdown one.

@@ -350,6 +350,56 @@ async fn migrate_adopt_records_golang_migrate_history_then_up_applies_the_rest()
     );
 }
 
+/// golang-migrate run with `x-migrations-table=om_migrations` and
+/// `search_path=schema_om`: `--table` and `--schema` find its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adopt_reads_a_history_under_another_table_and_schema() {
+    let db = TestDb::create("cli_adopt_renamed").await;
+    let dir = support::migrations_dir(&[(
+        "1_create_users.up.sql",
+        "CREATE TABLE users (id bigint PRIMARY KEY);\n",
+    )]);
+    support::sql(
+        &db.url,
+        "CREATE SCHEMA schema_om;
+         CREATE TABLE users (id bigint PRIMARY KEY);
+         CREATE TABLE schema_om.om_migrations (version bigint not null primary key, dirty boolean not null);
+         INSERT INTO schema_om.om_migrations (version, dirty) VALUES (1, false);",
+    )
+    .await;
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        (
+            "DBMANAGER_MIGRATIONS__DIRECTORY",
+            dir.path().to_str().unwrap(),
+        ),
+    ];
+    let default = dbmanager(&env, &["migrate", "adopt", "--from", "golang-migrate"]);
+    let line = assert_one_line_failure(&default);
+    assert!(
+        line.contains("`schema_migrations` not found on the search_path"),
+        "{line}"
+    );
+    let adopt = dbmanager(
+        &env,
+        &[
+            "migrate",
+            "adopt",
+            "--from",
+            "golang-migrate",
+            "--table",
+            "om_migrations",
+            "--schema",
+            "schema_om",
+        ],
+    );
+    assert!(adopt.status.success(), "{}", stderr(&adopt));
+    assert_eq!(
+        stdout(&adopt).trim(),
+        "recorded 1 (applied by golang-migrate)"
+    );
+}
+
 #[test]
 fn migrate_new_continues_the_numbering() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,12 @@ pub struct MigrationsConfig {
     /// Apply a pending migration whose version is lower than the newest
     /// applied one instead of refusing. Default: `false`.
     pub allow_out_of_order: bool,
+    /// How often a migration still running is reported at INFO with its
+    /// elapsed time (`migration 3/50 add_index still running`). Default:
+    /// 10 s: an operator watching a deploy sees a long index build is
+    /// alive, and a log keeps a handful of lines per minute of it.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
 }
 
 impl Default for MigrationsConfig {
@@ -28,6 +34,7 @@ impl Default for MigrationsConfig {
             directory: PathBuf::from("migrations"),
             table: "dbmanager_schema_history".into(),
             allow_out_of_order: false,
+            progress_interval: Duration::from_secs(10),
         }
     }
 }
@@ -37,6 +44,7 @@ impl MigrationsConfig {
         if let Err(problem) = check_identifier(&self.table) {
             p.push("migrations.table", problem);
         }
+        positive("migrations.progress_interval", self.progress_interval, p);
     }
 }
 

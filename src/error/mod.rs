@@ -340,13 +340,20 @@ impl Error {
     /// starting (57P03), out of connection slots (53300), shutting down
     /// (57P01) or any connection exception (class 08) are transient; bad
     /// credentials, an unknown database, TLS and configuration errors are
-    /// not.
+    /// not. A transaction that ran out of attempts
+    /// ([`Error::TransactionRetriesExhausted`]) is transient when its last
+    /// error is (a serialization failure, a deadlock, a lost connection),
+    /// so an HTTP handler answers it 503 with `Retry-After`.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { kind, .. } => kind.is_transient(),
             Error::PoolTimeout { .. } | Error::Timeout { .. } | Error::NoReplica { .. } => true,
             // A token service that hiccuped answers the next attempt.
             Error::CredentialProvider { .. } => true,
+            // The helper reruns only retryable failures (conflicts, lost
+            // connections): when it runs out of attempts, a later run of
+            // the same transaction may well succeed.
+            Error::TransactionRetriesExhausted { last, .. } => last.is_transient(),
             #[cfg(feature = "postgres")]
             Error::Postgres { error, .. } => classify_postgres(error).is_transient(),
             #[cfg(feature = "mongodb")]

@@ -123,19 +123,70 @@ impl Migrator<'_> {
     /// - [`MigrateError::AdoptMissing`] for applied versions without a file;
     /// - [`MigrateError::LockTimeout`]; pool, connection and query errors.
     pub async fn adopt(&self, from: AdoptFrom) -> Result<AdoptReport> {
-        let span = tracing::info_span!("dbmanager.migrate", operation = "adopt", from = from.name(), database = %self.pool.database());
+        self.adopt_table(from, None, from.table()).await
+    }
+
+    /// [`Migrator::adopt`] for a history the tool keeps under another name:
+    /// golang-migrate's `x-migrations-table` (and the schema of its
+    /// `search_path` / `x-migrations-table-quoted`), sqlx's and refinery's
+    /// table setting. `schema` `None` looks the table up through the
+    /// session's `search_path`, as the tools do. Names are taken as they
+    /// are written (no case folding, quoted when read).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: dbmanager::DatabaseManager) -> dbmanager::Result<()> {
+    /// use dbmanager::migrate::{AdoptFrom, Migrations};
+    ///
+    /// let migrations = Migrations::from_dir("migrations")?;
+    /// let migrator = db.migrator(&migrations)?;
+    /// // migrate -database "postgres://...?x-migrations-table=om_migrations&search_path=schema_om"
+    /// migrator
+    ///     .adopt_table(AdoptFrom::GolangMigrate, Some("schema_om"), "om_migrations")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::adopt`]; an empty schema or table name is a
+    /// [`crate::Error::Config`].
+    pub async fn adopt_table(
+        &self,
+        from: AdoptFrom,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<AdoptReport> {
+        if table.is_empty() {
+            return Err(Error::config(
+                "migrate adopt table",
+                "is empty: give the history table's name",
+            ));
+        }
+        if schema.is_some_and(str::is_empty) {
+            return Err(Error::config(
+                "migrate adopt schema",
+                "is empty: leave it out to use the search_path",
+            ));
+        }
+        let span = tracing::info_span!("dbmanager.migrate", operation = "adopt", from = from.name(), table, database = %self.pool.database());
         async {
             let session = self.session().await?;
-            let result = self.adopt_locked(&session, from).await;
+            let result = self.adopt_locked(&session, from, schema, table).await;
             session.finish(result).await
         }
         .instrument(span)
         .await
     }
 
-    async fn adopt_locked(&self, session: &Session, from: AdoptFrom) -> Result<AdoptReport> {
+    async fn adopt_locked(
+        &self,
+        session: &Session,
+        from: AdoptFrom,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<AdoptReport> {
         let client = session.lock.client();
-        let table = find_table(client, from).await?;
+        let table = find_table(client, from, schema, name).await?;
         let applied = match from {
             AdoptFrom::GolangMigrate => self.golang_migrate_applied(client, &table).await?,
             AdoptFrom::Sqlx => sqlx_applied(client, &table).await?,
@@ -285,22 +336,36 @@ async fn read_versions(client: &Client, sql: &str) -> Result<Vec<i64>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The tool's table as the session's `search_path` finds it, quoted and
-/// schema-qualified.
-async fn find_table(client: &Client, from: AdoptFrom) -> Result<String> {
+/// The tool's table, quoted and schema-qualified: in `schema`, or as the
+/// session's `search_path` finds it. The names travel as parameters and are
+/// quoted by the server (`quote_ident`), so any name is safe to look up.
+async fn find_table(
+    client: &Client,
+    from: AdoptFrom,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<String> {
     let row = client
         .query_opt(
             "SELECT format('%I.%I', n.nspname, c.relname)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = to_regclass(quote_ident($1))",
-            &[&from.table()],
+              WHERE c.oid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2)
+                                             ELSE quote_ident($1) || '.' || quote_ident($2) END)",
+            &[&schema, &table],
         )
         .await
         .map_err(|e| Error::postgres("looking for the history table to adopt", e))?;
     row.map(|row| row.get(0)).ok_or_else(|| {
         MigrateError::AdoptNoHistory {
             tool: from.name(),
-            table: from.table(),
+            table: match schema {
+                Some(schema) => format!("{schema}.{table}"),
+                None => table.to_string(),
+            },
+            searched: match schema {
+                Some(_) => "",
+                None => " on the search_path",
+            },
         }
         .into()
     })

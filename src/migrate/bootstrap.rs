@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::migrator::Migrator;
 use super::report::MigrateReport;
 use super::source::Migrations;
 use crate::admin::{Server, create_database, ensure_extension};
 use crate::config::Config;
 use crate::error::{Backend, Error, FailureKind, Result};
 use crate::manager::DatabaseManager;
+use crate::postgres::PostgresPool;
 
 /// Prepares the configured PostgreSQL server, as the `init_db.sh` scripts
 /// of container set-ups do, but idempotently and with typed errors.
@@ -225,8 +227,10 @@ impl<'a> Bootstrap<'a> {
     }
 }
 
-/// Migrates a database through a small manager of its own, shut down
-/// afterwards.
+/// Migrates a database through a small pool of its own (`pool="direct"`
+/// in metrics: it is not the service's pool), closed afterwards. Not a
+/// manager: a manager's shutdown would log "shutting down" in the middle
+/// of a start-up.
 pub(crate) async fn migrate_with_temporary_pool(
     config: &Config,
     server: &Server,
@@ -240,8 +244,12 @@ pub(crate) async fn migrate_with_temporary_pool(
     config.postgres.pool.max_size = config.postgres.pool.max_size.clamp(1, 2);
     config.postgres.pool.max_idle = None;
     config.mongodb.url = None;
-    let manager = DatabaseManager::builder().config(config).build_lazy()?;
-    let result = manager.migrate(migrations).await;
-    let _ = manager.shutdown().await;
+    config.validate()?;
+    let pool = PostgresPool::direct(&config.postgres)?;
+    tracing::debug!(target: "dbmanager::migrate", database, "migrating through a direct connection");
+    let result = Migrator::on_pool(pool.clone(), migrations, &config)
+        .up()
+        .await;
+    pool.drain(config.shutdown.grace_period).await;
     result
 }

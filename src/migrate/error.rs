@@ -163,13 +163,18 @@ pub enum MigrateError {
     },
 
     /// [`super::Migrator::adopt`] found no history table of that tool on
-    /// the session's `search_path`.
-    #[error("no {tool} history to adopt: table `{table}` not found on the search_path")]
+    /// the session's `search_path` (or in the schema given to
+    /// [`super::Migrator::adopt_table`]).
+    #[error(
+        "no {tool} history to adopt: table `{table}` not found{searched}; if the tool keeps it under another name, give it (`--table`, `--schema`; `adopt_table`)"
+    )]
     AdoptNoHistory {
         /// The tool (`golang-migrate`, `sqlx`, `refinery`).
         tool: &'static str,
-        /// The table looked for.
-        table: &'static str,
+        /// The table looked for, `schema.table` when a schema was given.
+        table: String,
+        /// ` on the search_path` when no schema was given, else empty.
+        searched: &'static str,
     },
 
     /// The other tool's history says a migration failed partway (a dirty

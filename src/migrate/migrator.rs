@@ -13,6 +13,7 @@ use super::migration::Migration;
 use super::report::{Direction, MigrateReport, MigrationRun};
 use super::source::Migrations;
 use super::status::StatusReport;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manager::DatabaseManager;
 use crate::postgres::PostgresPool;
@@ -49,15 +50,23 @@ impl DatabaseManager {
     /// [`Error::NotConfigured`] without PostgreSQL.
     pub fn migrator<'a>(&self, migrations: &'a Migrations) -> Result<Migrator<'a>> {
         let pool = self.postgres()?.clone();
-        let settings = &self.config().migrations;
-        Ok(Migrator {
+        Ok(Migrator::on_pool(pool, migrations, self.config()))
+    }
+}
+
+impl<'a> Migrator<'a> {
+    /// A migrator on `pool` with the settings of `config`'s `[migrations]`.
+    pub(crate) fn on_pool(pool: PostgresPool, migrations: &'a Migrations, config: &Config) -> Self {
+        let settings = &config.migrations;
+        Migrator {
             pool,
             migrations,
             table: settings.table.clone(),
             allow_out_of_order: settings.allow_out_of_order,
+            progress_interval: settings.progress_interval,
             lock_timeout: None,
-            holder_check: HolderCheck::from_config(&self.config().postgres),
-        })
+            holder_check: HolderCheck::from_config(&config.postgres),
+        }
     }
 }
 
@@ -77,6 +86,7 @@ pub struct Migrator<'a> {
     pub(super) migrations: &'a Migrations,
     table: String,
     allow_out_of_order: bool,
+    progress_interval: Duration,
     lock_timeout: Option<Duration>,
     holder_check: HolderCheck,
 }
@@ -285,10 +295,12 @@ impl<'a> Migrator<'a> {
             }
         }
         let mut report = MigrateReport::new(Direction::Up);
-        for migration in pending {
-            report
-                .migrations
-                .push(self.run_one(session, migration, Direction::Up).await?);
+        let total = pending.len();
+        for (index, migration) in pending.into_iter().enumerate() {
+            report.migrations.push(
+                self.run_one(session, migration, Direction::Up, (index + 1, total))
+                    .await?,
+            );
         }
         report.took = started.elapsed();
         if report.is_empty() {
@@ -327,33 +339,69 @@ impl<'a> Migrator<'a> {
         Ok(())
     }
 
+    /// Runs one migration, the `index`-th of `total` in this run: INFO as
+    /// it starts (`applying migration 3/50: 3_add_index`), INFO every
+    /// `migrations.progress_interval` while it runs, INFO when it is done.
+    /// The command line's progress bar reads these events (their
+    /// `progress` field says which).
     async fn run_one(
         &self,
         session: &Session,
         migration: &Migration,
         direction: Direction,
+        (index, total): (usize, usize),
     ) -> Result<MigrationRun> {
         let verb = match direction {
             Direction::Up => "applying",
             Direction::Down => "reverting",
         };
-        tracing::debug!(
+        tracing::info!(
             target: "dbmanager::migrate",
+            progress = "start",
+            index,
+            total,
             version = migration.version(),
             name = migration.name(),
             direction = direction.as_str(),
             transactional = migration.is_transactional(),
-            "{verb} migration"
+            "{verb} migration {index}/{total}: {}_{}",
+            migration.version(),
+            migration.name()
         );
-        let took = apply::run(
+        let started = Instant::now();
+        let apply = apply::run(
             session.lock.client(),
             &session.history,
             migration,
             direction,
             self.pool.secrets(),
-        )
-        .await
-        .inspect_err(|e| {
+        );
+        tokio::pin!(apply);
+        let interval = self.progress_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                result = &mut apply => break result,
+                _ = ticks.tick() => {
+                    let elapsed = started.elapsed();
+                    tracing::info!(
+                        target: "dbmanager::migrate",
+                        progress = "running",
+                        index,
+                        total,
+                        version = migration.version(),
+                        name = migration.name(),
+                        elapsed_s = elapsed.as_secs(),
+                        "migration {index}/{total} {}_{} still running after {}",
+                        migration.version(),
+                        migration.name(),
+                        humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
+                    );
+                }
+            }
+        };
+        let took = result.inspect_err(|e| {
             tracing::error!(
                 target: "dbmanager::migrate",
                 version = migration.version(),
@@ -365,11 +413,14 @@ impl<'a> Migrator<'a> {
         })?;
         tracing::info!(
             target: "dbmanager::migrate",
+            progress = "done",
+            index,
+            total,
             version = migration.version(),
             name = migration.name(),
             direction = direction.as_str(),
             took_ms = took.as_millis() as u64,
-            "{} migration",
+            "{} migration {index}/{total}",
             if direction == Direction::Up { "applied" } else { "reverted" }
         );
         Ok(MigrationRun {
@@ -400,10 +451,12 @@ impl<'a> Migrator<'a> {
         let applied = session.history.applied(session.lock.client()).await?;
         let plan = self.plan_revert(&applied, revert)?;
         let mut report = MigrateReport::new(Direction::Down);
-        for migration in plan {
-            report
-                .migrations
-                .push(self.run_one(session, migration, Direction::Down).await?);
+        let total = plan.len();
+        for (index, migration) in plan.into_iter().enumerate() {
+            report.migrations.push(
+                self.run_one(session, migration, Direction::Down, (index + 1, total))
+                    .await?,
+            );
         }
         report.took = started.elapsed();
         tracing::info!(

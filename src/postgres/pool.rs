@@ -107,6 +107,13 @@ impl PostgresPool {
         Ok(primary)
     }
 
+    /// A pool of `config.url` for work outside the service's pools
+    /// (bootstrap's and test databases' migrations): `pool="direct"` in
+    /// metrics, no replicas, no hooks.
+    pub(crate) fn direct(config: &PostgresConfig) -> Result<Self> {
+        Self::single(config, Hooks::default(), PoolLabel::DIRECT)
+    }
+
     /// One pool of `config.url`, named `label` in metrics and health.
     pub(super) fn single(config: &PostgresConfig, hooks: Hooks, label: PoolLabel) -> Result<Self> {
         let url = config.url.as_ref().ok_or(Error::NotConfigured {

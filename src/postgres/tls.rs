@@ -56,7 +56,7 @@ pub(crate) fn client_config(
     root_cert: Option<&Path>,
     client_cert: Option<&ClientCertificate>,
 ) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crypto_provider()?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
@@ -86,6 +86,33 @@ pub(crate) fn client_config(
                 format!("sslcert and sslkey do not make a usable client certificate: {e}")
             })
         }
+    }
+}
+
+/// The rustls crypto provider: the process default when the application
+/// installed one (`CryptoProvider::install_default`, e.g. aws-lc-rs for
+/// post-quantum key exchange), else the one rustls's crate features name
+/// (*ring*, which the crate enables), installed as the process default by
+/// `ClientConfig::builder()` as every rustls user's first config does.
+/// rustls 0.23.48 deprecated `crypto::ring::default_provider()`; this path
+/// is the non-deprecated one. With both *ring* and aws-lc-rs in a build and
+/// no provider installed, rustls cannot choose and panics: that panic is
+/// caught and turned into a setup error that says what to do.
+fn crypto_provider() -> Result<Arc<CryptoProvider>, String> {
+    if let Some(provider) = CryptoProvider::get_default() {
+        return Ok(provider.clone());
+    }
+    let chosen = std::panic::catch_unwind(|| {
+        let _ = ClientConfig::builder();
+    });
+    match (chosen, CryptoProvider::get_default()) {
+        (Ok(()), Some(provider)) => Ok(provider.clone()),
+        _ => Err(
+            "TLS setup failed: rustls cannot choose a crypto provider (both ring and \
+             aws-lc-rs are in the build): install one at start-up with \
+             rustls::crypto::CryptoProvider::install_default"
+                .into(),
+        ),
     }
 }
 

@@ -385,10 +385,22 @@ fn stall_count() -> u32 {
         .unwrap_or(1_000_000)
 }
 
+/// How long the stalled consumer reads nothing while the notifications are
+/// sent: `LISTENER_STALL_SECS`, default 60 (the sends are spread over it).
+fn stall_for() -> Duration {
+    Duration::from_secs(
+        std::env::var("LISTENER_STALL_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_consumer_leaves_the_server_queue_empty_and_notify_working() {
     const BATCH: u32 = 10_000;
     let count = stall_count();
+    let stall = stall_for();
     let db = TestDb::create("listener_stall").await;
     let mut config = config(&db.url);
     config.postgres.listener.buffer_size = 10_000;
@@ -396,8 +408,8 @@ async fn a_stalled_consumer_leaves_the_server_queue_empty_and_notify_working() {
     let mut listener = manager.postgres().unwrap().listener().await.unwrap();
     listener.listen("flood").await.unwrap();
 
-    // The consumer reads nothing while the notifications are sent, in
-    // transactions of BATCH each.
+    // The consumer reads nothing for `stall` while the notifications are
+    // sent, in transactions of BATCH each, spread over that time.
     let client = sender(&db.url).await;
     let other = sender(&db.url).await;
     let started = Instant::now();
@@ -424,6 +436,11 @@ async fn a_stalled_consumer_leaves_the_server_queue_empty_and_notify_working() {
             .get(0);
         peak_usage = peak_usage.max(usage);
         start = end + 1;
+        // Pace the sender so the stall lasts the whole `stall`.
+        let due = stall.mul_f64(f64::from(start) / f64::from(count));
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
     }
     let sent_in = started.elapsed();
     // The connection read everything, though the consumer read nothing.

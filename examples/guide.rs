@@ -1,6 +1,6 @@
 //! The service of docs/guide.md, whole: migrations, users in PostgreSQL, an
-//! audit trail in MongoDB, the health router, and a graceful stop on
-//! SIGTERM or Ctrl-C. docs/guide.md shows this file verbatim (a test keeps
+//! audit trail in MongoDB, the health router, and a rollout's graceful stop
+//! on SIGTERM or Ctrl-C. docs/guide.md shows this file verbatim (a test keeps
 //! them equal).
 //!
 //! ```text
@@ -41,37 +41,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(8080);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?; // io::Error
     println!("listening on http://{}", listener.local_addr()?);
+    // SIGTERM or Ctrl-C: readiness turns false, requests are still served
+    // for shutdown.unready_period, then axum finishes those in flight.
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal()) // SIGTERM or Ctrl-C
+        .with_graceful_shutdown(dbmanager::http::Rollout::new(db.clone()).on_signal())
         .await?;
 
     // HTTP has drained; now the databases.
     let report = db.shutdown().await?;
     println!("stopped: drained {} in {:?}", report.drained, report.took);
     Ok(())
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, what Kubernetes and systemd send.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        tokio::signal::ctrl_c().await.ok();
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
 }
 
 #[derive(serde::Serialize)]

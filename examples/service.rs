@@ -9,8 +9,10 @@
 //!
 //! Start-up: load the configuration, bootstrap PostgreSQL (create the
 //! database, run the migrations in `migrations/`), connect both databases
-//! with retry, ensure the MongoDB indexes. SIGTERM or Ctrl-C: stop accepting
-//! requests, finish those in flight, then drain the databases.
+//! with retry, ensure the MongoDB indexes. SIGTERM or Ctrl-C: readiness
+//! turns false, requests are still served for `shutdown.unready_period`,
+//! then the service stops accepting, finishes those in flight and drains
+//! the databases (`dbmanager::http::Rollout`).
 
 use std::net::SocketAddr;
 
@@ -98,33 +100,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(8080);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // SIGTERM or Ctrl-C: readiness reads "draining" at once, requests are
+    // still served for shutdown.unready_period (load balancers catching up),
+    // then axum stops accepting and finishes those in flight.
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(dbmanager::http::Rollout::new(db.clone()).on_signal())
         .await?;
 
     // HTTP has drained; now the databases.
     let report = db.shutdown().await?;
     println!("stopped: drained {} in {:?}", report.drained, report.took);
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutdown requested: finishing requests in flight");
 }
 
 fn post_indexes() -> Vec<CollectionIndexes> {

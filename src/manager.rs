@@ -27,6 +27,11 @@ pub enum Phase {
     Ready,
     /// The background connect gave up; see [`DatabaseManager::wait_ready`].
     Failed,
+    /// A rollout announced the shutdown
+    /// ([`DatabaseManager::announce_shutdown`]): readiness is false so load
+    /// balancers stop routing here, while every database keeps serving the
+    /// requests that still arrive.
+    Stopping,
     /// Shutdown has begun: no new connections, in-flight work finishing.
     Draining,
     /// Shut down.
@@ -39,6 +44,7 @@ impl fmt::Display for Phase {
             Phase::Connecting => "connecting",
             Phase::Ready => "ready",
             Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
             Phase::Draining => "draining",
             Phase::Closed => "closed",
         })
@@ -193,7 +199,8 @@ impl DatabaseManager {
     }
 
     /// Readiness: whether to send traffic here. False while connecting,
-    /// while shutting down, and while a required database fails its probe.
+    /// once a shutdown was announced or began, and while a required database
+    /// fails its probe.
     pub async fn readiness(&self) -> bool {
         if self.phase() != Phase::Ready {
             return false;
@@ -306,6 +313,27 @@ impl DatabaseManager {
             report.status = HealthStatus::Down;
         }
         report
+    }
+
+    /// Turns readiness false at once and keeps everything else working: the
+    /// first step of a rollout, so load balancers stop sending requests here
+    /// while those still arriving are served. The phase becomes
+    /// [`Phase::Stopping`]; [`shutdown`](Self::shutdown) follows once the
+    /// service has stopped accepting requests. With the `axum` feature,
+    /// `dbmanager::http::Rollout` runs the whole sequence on SIGTERM.
+    ///
+    /// Does nothing once the background connect failed or a shutdown began.
+    pub fn announce_shutdown(&self) {
+        let announced = self.inner.phase.send_if_modified(|phase| {
+            let live = matches!(phase, Phase::Connecting | Phase::Ready);
+            if live {
+                *phase = Phase::Stopping;
+            }
+            live
+        });
+        if announced {
+            tracing::info!(target: "dbmanager", "shutdown announced: readiness is false, requests are still served");
+        }
     }
 
     /// Shuts down gracefully: readiness turns false at once, new checkouts

@@ -727,3 +727,18 @@ fn invalid_mongodb_topology_settings_are_errors_that_name_their_key() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_unready_period_has_a_default_a_variable_and_a_bound() {
+    let config = load(None, None, &[]).unwrap();
+    assert_eq!(config.shutdown.unready_period, Duration::from_secs(5));
+    let config = load(None, None, &[("DBMANAGER_SHUTDOWN__UNREADY_PERIOD", "12s")]).unwrap();
+    assert_eq!(config.shutdown.unready_period, Duration::from_secs(12));
+    let err = load(
+        None,
+        None,
+        &[("DBMANAGER_SHUTDOWN__UNREADY_PERIOD", "400days")],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("shutdown.unready_period"), "{err}");
+}

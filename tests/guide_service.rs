@@ -1,6 +1,7 @@
 //! The guide's service (examples/guide.rs, shown whole in docs/guide.md)
-//! started as a process: it migrates, serves, writes both databases, and on
-//! SIGTERM finishes the request in flight, drains and exits 0.
+//! started as a process: it migrates, serves, writes both databases; on
+//! SIGTERM readiness reads "draining" while it still serves, and on the
+//! second it finishes the request in flight, drains and exits 0.
 
 mod support;
 
@@ -24,6 +25,7 @@ async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
             ("MONGODB_URL".into(), mongo_url),
             ("DBMANAGER_MONGODB__DATABASE".into(), unique_name("guide")),
             ("PORT".into(), port.to_string()),
+            ("DBMANAGER_SHUTDOWN__UNREADY_PERIOD".into(), "60s".into()),
         ],
     };
     let running = guide.start();
@@ -61,9 +63,42 @@ async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
     let (code, body) = http(addr, "GET", "/health/ready", None).await;
     assert_eq!(code, 200, "{body}");
 
-    // SIGTERM while a slow request is in flight: it finishes, then exit 0.
+    // SIGTERM: readiness reads "draining" while requests are still served
+    // (the rollout's unready period, a minute here so that only the second
+    // SIGTERM below ends it).
+    running.terminate();
+    let mut last = String::new();
+    let draining = support::eventually(Duration::from_secs(10), async || {
+        let (code, body) = http(addr, "GET", "/health/ready", None).await;
+        last = body;
+        code == 503
+    })
+    .await;
+    assert!(
+        draining,
+        "readiness never turned false after SIGTERM: {last}"
+    );
+    let probe: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(probe["status"], "draining", "{last}");
+    assert_eq!(probe["phase"], "stopping", "{last}");
+    let (code, body) = http(addr, "GET", "/users", None).await;
+    assert_eq!(code, 200, "served while unready: {body}");
+
+    // A second SIGTERM while a slow request runs in the database: the
+    // listener closes, the request finishes, then exit 0.
     let slow = tokio::spawn(async move { http(addr, "GET", "/slow/1500", None).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sleeping = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+        pg.name
+    );
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            query_i64(&support::admin_url(), &sleeping).await == 1
+        })
+        .await,
+        "the slow request never reached the database"
+    );
     running.terminate();
     let (code, body) = slow.await.unwrap();
     assert_eq!(code, 200, "the in-flight request finished: {body}");

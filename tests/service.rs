@@ -39,6 +39,9 @@ async fn seed_crud_metrics_and_a_graceful_sigterm() {
             ),
             ("PORT".into(), port.to_string()),
             ("RUST_LOG".into(), "warn".into()),
+            // The rollout's unready period ends by itself here (the guide's
+            // service test cuts it short with a second SIGTERM).
+            ("DBMANAGER_SHUTDOWN__UNREADY_PERIOD".into(), "1s".into()),
         ],
     });
 

@@ -116,12 +116,19 @@ pub struct ShutdownConfig {
     /// once.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long a rollout keeps serving after readiness turned false, before
+    /// the HTTP listener closes: the time load balancers need to stop
+    /// routing here (`dbmanager::http::Rollout`). Default: 5 s. Zero stops
+    /// accepting at once.
+    #[serde(with = "humantime_serde")]
+    pub unready_period: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             grace_period: Duration::from_secs(30),
+            unready_period: Duration::from_secs(5),
         }
     }
 }
@@ -156,6 +163,11 @@ impl Config {
         self.retry.check(&mut p);
         positive("health.probe_timeout", self.health.probe_timeout, &mut p);
         at_most_a_year("shutdown.grace_period", self.shutdown.grace_period, &mut p);
+        at_most_a_year(
+            "shutdown.unready_period",
+            self.shutdown.unready_period,
+            &mut p,
+        );
         self.migrations.check(&mut p);
         self.bootstrap.check(&mut p);
         p.into_result()

@@ -14,7 +14,7 @@
 //! | --- | --- | --- | --- |
 //! | `/health` | liveness; never touches a database | alive | the background connect failed for good |
 //! | `/health/db` | the detailed [`crate::HealthReport`] | `up` or `degraded` | `down`, or draining |
-//! | `/health/ready` | readiness | ready | connecting, a required database down, or draining |
+//! | `/health/ready` | readiness | ready | connecting, a required database down, or draining (a [`Rollout`] or a shutdown began) |
 //!
 //! Every body is JSON and free of secrets.
 //!
@@ -30,8 +30,10 @@
 //! [`expose_error_details`] adds it to the body, for development.
 
 mod error_response;
+mod rollout;
 
 pub use error_response::expose_error_details;
+pub use rollout::Rollout;
 
 use axum::Json;
 use axum::Router;
@@ -106,12 +108,15 @@ async fn readiness(State(db): State<DatabaseManager>) -> (StatusCode, Json<Probe
             }),
         )
     } else {
+        // A rollout or a shutdown: say so, so a probe's log tells a pod
+        // leaving on purpose from one in trouble.
+        let status = match phase {
+            Phase::Stopping | Phase::Draining | Phase::Closed => "draining",
+            _ => "not ready",
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Probe {
-                status: "not ready",
-                phase,
-            }),
+            Json(Probe { status, phase }),
         )
     }
 }

@@ -1,0 +1,149 @@
+//! The shutdown sequence of a rolling deployment, as a future for axum's
+//! `with_graceful_shutdown`.
+//!
+//! Kubernetes sends SIGTERM and removes the pod from its Service's endpoints
+//! at the same time, and the two race: for a few seconds load balancers
+//! still route new requests here. A server that closes its listener at once
+//! refuses them. So: turn readiness false, keep serving while the endpoints
+//! update, and only then stop accepting and drain.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::manager::DatabaseManager;
+
+/// Runs a rollout's shutdown sequence: on the signal, readiness turns false
+/// at once (`/health/ready` answers 503 with `"status": "draining"`,
+/// `"phase": "stopping"`), requests are still served for
+/// `shutdown.unready_period`, then the future resolves so axum stops
+/// accepting and finishes the requests in flight. Call
+/// [`DatabaseManager::shutdown`] after `axum::serve` returns.
+///
+/// ```no_run
+/// # async fn demo(db: dbmanager::DatabaseManager, app: axum::Router) -> std::io::Result<()> {
+/// use dbmanager::http::Rollout;
+///
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(Rollout::new(db.clone()).on_signal()) // SIGTERM or Ctrl-C
+///     .await?;
+/// let report = db.shutdown().await; // after HTTP has drained
+/// # Ok(()) }
+/// ```
+///
+/// A second signal during the unready period ends it early (a second
+/// Ctrl-C in a terminal does not wait). Give the process a termination
+/// grace period above `unready_period` + the longest request +
+/// `shutdown.grace_period`.
+#[derive(Clone)]
+#[must_use = "a Rollout does nothing until its future is awaited, usually through axum's with_graceful_shutdown"]
+pub struct Rollout {
+    db: DatabaseManager,
+    unready_period: Duration,
+}
+
+impl Rollout {
+    /// The sequence for this manager, serving `shutdown.unready_period`
+    /// after the signal.
+    pub fn new(db: DatabaseManager) -> Self {
+        let unready_period = db.config().shutdown.unready_period;
+        Rollout { db, unready_period }
+    }
+
+    /// Serves this long after readiness turned false, instead of
+    /// `shutdown.unready_period`.
+    pub fn unready_period(mut self, period: Duration) -> Self {
+        self.unready_period = period;
+        self
+    }
+
+    /// Waits for SIGTERM (what Kubernetes, systemd and `docker stop` send)
+    /// or SIGINT (Ctrl-C), then runs the sequence; resolves when the server
+    /// should stop accepting. A second signal ends the unready period early.
+    pub async fn on_signal(self) {
+        let mut signals = Signals::new();
+        signals.next().await;
+        tracing::info!(target: "dbmanager", "shutdown signal received");
+        self.after(std::future::ready(()), signals.next()).await;
+    }
+
+    /// Runs the sequence when `signal` completes; `hurry`, polled only
+    /// once the sequence has begun, ends the unready period early when it
+    /// completes first. For signals of the service's own (an admin
+    /// endpoint, a test).
+    pub async fn after(self, signal: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
+        signal.await;
+        let announced = std::time::Instant::now();
+        self.db.announce_shutdown();
+        let cut_short = tokio::select! {
+            () = tokio::time::sleep(self.unready_period) => false,
+            () = hurry => true,
+        };
+        tracing::info!(
+            target: "dbmanager",
+            unready_ms = announced.elapsed().as_millis() as u64,
+            cut_short,
+            "no longer accepting requests: finishing those in flight"
+        );
+    }
+}
+
+/// SIGTERM and SIGINT, received repeatedly. A signal that cannot be
+/// listened to (no signal driver) is never received, like a signal never
+/// sent: the sequence then simply does not start from it.
+struct Signals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        let terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(target: "dbmanager", %error, "cannot listen for SIGTERM; only Ctrl-C starts the shutdown");
+                None
+            }
+        };
+        Signals {
+            #[cfg(unix)]
+            terminate,
+        }
+    }
+
+    async fn next(&mut self) {
+        let interrupt = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match self.terminate.as_mut() {
+                Some(signal) => {
+                    if signal.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = interrupt => {}
+            () = terminate => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollout")
+            .field("unready_period", &self.unready_period)
+            .finish_non_exhaustive()
+    }
+}

@@ -142,6 +142,16 @@ fn children(pid: u32) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_to_a_stopped_backend_fails_transiently_and_the_connection_is_replaced() {
+    let logs = support::logs();
+    #[cfg(feature = "metrics")]
+    let snapshotter = {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this test process");
+        snapshotter
+    };
     // A cluster of its own: the test stops one of its processes.
     let cluster = PgCluster::start_new(PASSWORD);
     let config = config(&cluster.url("postgres"));
@@ -160,6 +170,24 @@ async fn a_query_to_a_stopped_backend_fails_transiently_and_the_connection_is_re
         "the error names the backend: {error}"
     );
     eprintln!("stopped backend: the query failed after {took:?}");
+    let warning = logs
+        .contents()
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("postgres.silence_timeout"))
+        .map(str::to_string)
+        .expect("a warning for the closed connection");
+    assert!(
+        warning.contains(&format!("backend_pid={pid}")),
+        "the warning names the backend: {warning}"
+    );
+    #[cfg(feature = "metrics")]
+    assert_eq!(
+        support::Reading::take(&snapshotter).counter(
+            dbmanager::metrics::names::SILENT_CLOSED,
+            &[("database", "postgres"), ("pool", "primary")]
+        ),
+        1
+    );
     drop(client);
     next_checkout_works(&db, pid).await;
     db.shutdown().await.unwrap();
@@ -254,5 +282,42 @@ async fn a_statement_longer_than_the_bound_completes_on_a_healthy_server() {
     );
     assert_eq!(backend_pid(&client).await, pid, "the same connection");
     drop(client);
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_statement_through_a_proxy_that_stopped_forwarding_fails_transiently() {
+    let test_db = TestDb::create("silence_mux").await;
+    let (proxy, via) = FaultProxy::in_front_of(&test_db.url).await;
+    let mut config = config(&via);
+    config.postgres.multiplex.connections = 1;
+    let limit = failure_limit(&config);
+    let db = support::build(config).await;
+    let mux = db.postgres().unwrap().multiplexed();
+    let rows = mux.query("SELECT pg_backend_pid()", &[]).await.unwrap();
+    let pid: i32 = rows[0].get(0);
+
+    proxy.freeze();
+    let began = Instant::now();
+    let result = tokio::time::timeout(limit, mux.query("SELECT 1", &[]))
+        .await
+        .unwrap_or_else(|_| panic!("a multiplexed statement still waits after {limit:?}"));
+    let error = result.expect_err("a silent server gives no rows");
+    assert_silence_error(&error);
+    eprintln!(
+        "frozen proxy, multiplexed: the statement failed after {:?}",
+        began.elapsed()
+    );
+
+    proxy.thaw();
+    let rows = mux
+        .query("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("a new multiplexed connection");
+    assert_ne!(
+        rows[0].get::<_, i32>(0),
+        pid,
+        "the silent connection was replaced"
+    );
     db.shutdown().await.unwrap();
 }

@@ -604,6 +604,69 @@ mod tests {
         assert_eq!(t.tap.view().awaiting, 0);
     }
 
+    /// A reader over bytes already read: what `Tapped::poll_read` hands
+    /// tokio-postgres, read to the end.
+    fn read_to_end(t: &mut Tapped<&'static [u8]>) -> (Vec<u8>, io::Result<()>) {
+        let mut out = Vec::new();
+        let noop = Waker::noop();
+        let mut cx = Context::from_waker(noop);
+        loop {
+            let mut storage = [0u8; 7];
+            let mut buf = ReadBuf::new(&mut storage);
+            match Pin::new(&mut *t).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return (out, Ok(())),
+                Poll::Ready(Ok(())) => out.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(e)) => return (out, Err(e)),
+                Poll::Pending => unreachable!("a slice is always ready"),
+            }
+        }
+    }
+
+    #[test]
+    fn silence_answers_every_owed_request_with_the_error_then_ends() {
+        let mut t = Tapped::new(&b""[..], Tap::new());
+        t.wrote(&untyped(&196_608u32.to_be_bytes()));
+        t.read(&typed(b'Z', b"I"));
+        // A dropped statement's close, then a caller's query.
+        t.wrote(&typed(b'C', b"Ss1\0"));
+        t.wrote(&typed(b'S', b""));
+        t.wrote(&typed(b'Q', b"SELECT 1\0"));
+        assert!(t.tap.silent_since().is_some());
+        t.tap
+            .close_for_silence("silent (postgres.silence_timeout)".into());
+        // Read through a buffer smaller than one message.
+        let (bytes, result) = read_to_end(&mut t);
+        assert!(result.is_ok());
+        let mut framer = Framer::new(true);
+        let mut kinds = Vec::new();
+        framer.feed(&bytes, &mut |kind, body| {
+            if kind == b'E' {
+                let text = String::from_utf8_lossy(body);
+                assert!(text.contains("C08006"), "{text}");
+                assert!(text.contains("postgres.silence_timeout"), "{text}");
+            }
+            kinds.push(kind);
+            true
+        });
+        assert_eq!(kinds, b"EZEZ");
+        assert!(framer.at_boundary());
+        assert!(t.tap.view().broken);
+    }
+
+    #[test]
+    fn silence_mid_message_fails_the_read() {
+        let mut t = Tapped::new(&b""[..], Tap::new());
+        t.wrote(&untyped(&196_608u32.to_be_bytes()));
+        t.read(&typed(b'Z', b"I"));
+        t.wrote(&typed(b'Q', b"SELECT 1\0"));
+        // Half of a RowDescription.
+        t.read(&typed(b'T', b"\0\0")[..3]);
+        t.tap.close_for_silence("silent".into());
+        let (bytes, result) = read_to_end(&mut t);
+        assert!(bytes.is_empty());
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
     #[test]
     fn the_tasks_waker_marks_it_woken_until_it_runs() {
         let tap = Tap::new();

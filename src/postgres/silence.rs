@@ -167,7 +167,13 @@ async fn check(watch: &Watch, tap: &Tap, canceller: &Canceller) -> Verdict {
             ));
         }
     };
-    let mut task = tokio::spawn(opened.connection);
+    // The check's connection ends when its client is dropped; one to a
+    // server that stopped answering is cut after its bound, also when this
+    // watchdog is ended mid-check (its connection closed).
+    let connection = opened.connection;
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(limit.saturating_mul(2), connection).await;
+    });
     let sql = format!(
         "SELECT pg_backend_pid()::text, (a.pid IS NOT NULL)::text, a.state \
          FROM (VALUES (1)) AS one LEFT JOIN pg_stat_activity AS a ON a.pid = {pid}"
@@ -175,13 +181,6 @@ async fn check(watch: &Watch, tap: &Tap, canceller: &Canceller) -> Verdict {
     let answer = tokio::time::timeout(limit, opened.client.simple_query(&sql)).await;
     let own_pid = opened.tap.backend_pid();
     drop(opened.client);
-    // The check's connection ends with the client dropped; a server that
-    // stopped answering gets it cut after the connect timeout.
-    tokio::spawn(async move {
-        if tokio::time::timeout(limit, &mut task).await.is_err() {
-            task.abort();
-        }
-    });
     let messages = match answer {
         Ok(Ok(messages)) => messages,
         Ok(Err(e)) => {

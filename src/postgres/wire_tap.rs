@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
 use super::protocol::{Framer, ServerError, Session, View};
+use crate::error::SILENCE_ROUTINE;
 
 /// The start-up code of an `SSLRequest` (PostgreSQL protocol).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -397,7 +398,8 @@ impl<S> Tapped<S> {
 }
 
 /// `owed` answers made of an `ErrorResponse` (severity FATAL, SQLSTATE
-/// 08006 `connection_failure`) carrying `message` and a `ReadyForQuery`.
+/// 08006 `connection_failure`, routine [`SILENCE_ROUTINE`]) carrying
+/// `message` and a `ReadyForQuery`.
 fn silence_errors(message: &str, owed: usize) -> Vec<u8> {
     let mut body = Vec::with_capacity(message.len() + 32);
     for (field, value) in [
@@ -405,6 +407,7 @@ fn silence_errors(message: &str, owed: usize) -> Vec<u8> {
         (b'V', "FATAL"),
         (b'C', "08006"),
         (b'M', message),
+        (b'R', SILENCE_ROUTINE),
     ] {
         body.push(field);
         body.extend_from_slice(value.as_bytes());

@@ -15,8 +15,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dbmanager::{Config, DatabaseManager, Error, PooledConnection};
-use support::{FaultProxy, PgCluster, TestDb, pg_config};
+use dbmanager::{Config, DatabaseManager, Error, PooledConnection, TxFutureExt};
+use support::{AtCommit, FaultProxy, PgCluster, TestDb, pg_config};
 
 const PASSWORD: &str = "silence-pw";
 
@@ -318,6 +318,44 @@ async fn a_multiplexed_statement_through_a_proxy_that_stopped_forwarding_fails_t
         rows[0].get::<_, i32>(0),
         pid,
         "the silent connection was replaced"
+    );
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_commit_answer_never_comes_is_found_committed_and_returns_ok_once() {
+    let test_db = TestDb::create("silence_commit").await;
+    support::sql(&test_db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (proxy, via) = FaultProxy::in_front_of(&test_db.url).await;
+    let config = config(&via);
+    let limit = failure_limit(&config) * 2;
+    let db = support::build(config).await;
+
+    // The server commits; the proxy keeps the connection open and never
+    // forwards the answer. The pool's error for the silent connection is
+    // not an answer: the helper asks the server what became of the
+    // transaction instead of reporting it rolled back.
+    proxy.at_commit(AtCommit::DeliverThenSilence);
+    let mut attempts = 0u32;
+    let result = tokio::time::timeout(
+        limit,
+        db.postgres().unwrap().transaction(|tx| {
+            attempts += 1;
+            async move {
+                tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+                Ok(1)
+            }
+            .scoped()
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the transaction still waits after {limit:?}"));
+    assert!(proxy.commit_fault_fired(), "the COMMIT passed the proxy");
+    assert_eq!(result.unwrap(), 1, "the server committed: Ok");
+    assert_eq!(attempts, 1, "not run again");
+    assert_eq!(
+        support::query_i64(&test_db.url, "SELECT count(*) FROM t").await,
+        1
     );
     db.shutdown().await.unwrap();
 }

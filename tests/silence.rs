@@ -359,3 +359,37 @@ async fn a_transaction_whose_commit_answer_never_comes_is_found_committed_and_re
     );
     db.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_reads_its_rows_slowly_is_not_taken_for_a_silent_server() {
+    use futures_util::StreamExt;
+    let test_db = TestDb::create("silence_slow_reader").await;
+    let config = config(&test_db.url);
+    let bound = config.postgres.silence_timeout;
+    let db = support::build(config).await;
+    let client = db.postgres().unwrap().get().await.unwrap();
+
+    // About 100 kB: more than tokio-postgres buffers ahead of its caller,
+    // less than the sockets hold, so the server finishes (goes idle) while
+    // the rest waits unread on this side.
+    let rows = client
+        .query_raw(
+            "SELECT repeat('x', 100) FROM generate_series(1, 1000)",
+            std::iter::empty::<i32>(),
+        )
+        .await
+        .unwrap();
+    let mut rows = std::pin::pin!(rows);
+    assert!(rows.next().await.unwrap().is_ok());
+    // The caller is busy elsewhere for longer than the bound (the fault
+    // under test: a slow consumer, not a wait for a state).
+    tokio::time::sleep(bound * 2).await;
+    let mut count = 1;
+    while let Some(row) = rows.next().await {
+        row.expect("the rest of the rows, on the same connection");
+        count += 1;
+    }
+    assert_eq!(count, 1000);
+    drop(client);
+    db.shutdown().await.unwrap();
+}

@@ -69,6 +69,10 @@ pub(crate) struct Tap {
     /// server's last byte (valid while `wrote_since_read`).
     first_write: AtomicU64,
     wrote_since_read: AtomicBool,
+    /// The last read found no bytes: tokio-postgres waits on the server.
+    /// Clear while it is not reading (its caller has not taken the answers
+    /// already read), when the silence is this side's, not the server's.
+    reading: AtomicBool,
     /// Set once by the silence watchdog: the server said nothing for too
     /// long; the reader ends the connection with this message.
     silenced: OnceLock<String>,
@@ -87,6 +91,7 @@ impl Tap {
             last_read: AtomicU64::new(0),
             first_write: AtomicU64::new(0),
             wrote_since_read: AtomicBool::new(false),
+            reading: AtomicBool::new(false),
             silenced: OnceLock::new(),
             reader: AtomicWaker::new(),
         })
@@ -99,6 +104,11 @@ impl Tap {
     fn read_now(&self) {
         self.last_read.store(self.since_born(), Ordering::Release);
         self.wrote_since_read.store(false, Ordering::Release);
+        self.reading.store(false, Ordering::Release);
+    }
+
+    fn waiting_for_bytes(&self) {
+        self.reading.store(true, Ordering::Release);
     }
 
     fn wrote_now(&self) {
@@ -111,11 +121,13 @@ impl Tap {
     }
 
     /// Since when the server has said nothing while it owed an answer, or
-    /// `None` when it owes none (or the connection ended). The silence
-    /// counts from the later of its last byte and the client's first write
-    /// after it: a request written to a connection at rest starts it.
+    /// `None` when it owes none (or the connection ended), or when this
+    /// side is not reading (a caller slow to take its rows: the server may
+    /// have sent everything). The silence counts from the later of its last
+    /// byte and the client's first write after it: a request written to a
+    /// connection at rest starts it.
     pub fn silent_since(&self) -> Option<Instant> {
-        if !self.session().server_owes() {
+        if !self.reading.load(Ordering::Acquire) || !self.session().server_owes() {
             return None;
         }
         let mut since = self.last_read.load(Ordering::Acquire);
@@ -457,7 +469,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
                 }
             }
             Poll::Ready(Err(_)) => this.tap.end(),
-            Poll::Pending => this.tap.reader.register(cx.waker()),
+            Poll::Pending => {
+                this.tap.waiting_for_bytes();
+                this.tap.reader.register(cx.waker());
+            }
         }
         result
     }
@@ -634,6 +649,8 @@ mod tests {
         t.wrote(&typed(b'C', b"Ss1\0"));
         t.wrote(&typed(b'S', b""));
         t.wrote(&typed(b'Q', b"SELECT 1\0"));
+        assert!(t.tap.silent_since().is_none(), "not reading yet");
+        t.tap.waiting_for_bytes();
         assert!(t.tap.silent_since().is_some());
         t.tap
             .close_for_silence("silent (postgres.silence_timeout)".into());

@@ -194,6 +194,39 @@ async fn a_query_to_a_stopped_backend_fails_transiently_and_the_connection_is_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_to_a_stopped_backend_over_tls_fails_transiently() {
+    // Over TLS the tap reads the plaintext above the TLS stream: the error
+    // goes in there.
+    let cluster = PgCluster::init(PASSWORD);
+    cluster.enable_tls();
+    cluster.start();
+    let config = config(&format!("{}?sslmode=require", cluster.url("postgres")));
+    let limit = failure_limit(&config);
+    let db = support::build(config).await;
+    let client = db.postgres().unwrap().get().await.unwrap();
+    let pid = backend_pid(&client).await;
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted, "the connection uses TLS");
+
+    let (error, took) = {
+        let _stopped = Stopped::new(vec![u32::try_from(pid).unwrap()]);
+        silent_query(&client, "SELECT 1", limit).await
+    };
+    assert_silence_error(&error);
+    eprintln!("stopped backend over TLS: the query failed after {took:?}");
+    drop(client);
+    next_checkout_works(&db, pid).await;
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_to_a_stopped_server_fails_transiently_but_a_stopped_postmaster_alone_cuts_nothing()
 {
     let cluster = PgCluster::start_new(PASSWORD);

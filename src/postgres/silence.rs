@@ -39,7 +39,7 @@ use super::connect::Driver;
 use super::credentials::secrets_of;
 use super::open::{Canceller, open_beside, per_host_timeout};
 use super::wire_tap::Tap;
-use crate::error::{Error, FailureKind};
+use crate::error::{Error, FailureKind, SILENCE_ROUTINE};
 use crate::metrics::{self, PoolLabel};
 
 /// What a pool's watchdogs share: how to open the check's connection.
@@ -139,6 +139,34 @@ fn message(silent: Duration, bound: Duration, why: &str) -> String {
         silent.as_secs_f64(),
         humantime::format_duration(bound)
     )
+}
+
+/// `owed` answers made of an `ErrorResponse` (severity FATAL, SQLSTATE
+/// 08006 `connection_failure`, routine [`SILENCE_ROUTINE`]) carrying
+/// `message` and a `ReadyForQuery`.
+pub(crate) fn silence_errors(message: &str, owed: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(message.len() + 32);
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "08006"),
+        (b'M', message),
+        (b'R', SILENCE_ROUTINE),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut one = vec![b'E'];
+    one.extend_from_slice(
+        &u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    one.extend(body);
+    one.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    one.repeat(owed)
 }
 
 /// Asks the server, over another connection to the same address, what

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
 use super::protocol::{Framer, ServerError, Session, View};
-use crate::error::SILENCE_ROUTINE;
+use super::silence::silence_errors;
 
 /// The start-up code of an `SSLRequest` (PostgreSQL protocol).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -407,34 +407,6 @@ impl<S> Tapped<S> {
             }
         }
     }
-}
-
-/// `owed` answers made of an `ErrorResponse` (severity FATAL, SQLSTATE
-/// 08006 `connection_failure`, routine [`SILENCE_ROUTINE`]) carrying
-/// `message` and a `ReadyForQuery`.
-fn silence_errors(message: &str, owed: usize) -> Vec<u8> {
-    let mut body = Vec::with_capacity(message.len() + 32);
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', "08006"),
-        (b'M', message),
-        (b'R', SILENCE_ROUTINE),
-    ] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut one = vec![b'E'];
-    one.extend_from_slice(
-        &u32::try_from(body.len() + 4)
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    one.extend(body);
-    one.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
-    one.repeat(owed)
 }
 
 /// The protocol or request code that opens a start-up message.

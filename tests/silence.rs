@@ -290,6 +290,7 @@ async fn a_query_through_a_proxy_that_stopped_forwarding_fails_transiently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_longer_than_the_bound_completes_on_a_healthy_server() {
+    let logs = support::logs();
     let test_db = TestDb::create("silence_long").await;
     let config = config(&test_db.url);
     let bound = config.postgres.silence_timeout;
@@ -314,6 +315,13 @@ async fn a_statement_longer_than_the_bound_completes_on_a_healthy_server() {
         began.elapsed()
     );
     assert_eq!(backend_pid(&client).await, pid, "the same connection");
+    let kept = format!("backend_pid={pid}");
+    assert!(
+        logs.contents()
+            .lines()
+            .any(|line| line.contains("its backend is running a statement") && line.contains(&kept)),
+        "the silent statement was checked and found running"
+    );
     drop(client);
     db.shutdown().await.unwrap();
 }

@@ -106,7 +106,9 @@ async fn watchdog(watch: Arc<Watch>, tap: Arc<Tap>, canceller: Canceller, bound:
             continue;
         }
         match check(&watch, &tap, &canceller).await {
-            Verdict::Working => {}
+            Verdict::Working => {
+                tracing::debug!(target: "dbmanager::postgres", target_db = %watch.target, backend_pid = tap.backend_pid().unwrap_or(0), silent_ms = since.elapsed().as_millis() as u64, "a connection's server has been silent past postgres.silence_timeout; its backend is running a statement, so the connection is kept");
+            }
             Verdict::Unknown(why) => {
                 tracing::info!(target: "dbmanager::postgres", target_db = %watch.target, silent_ms = since.elapsed().as_millis() as u64, reason = %why, "a connection's server has been silent past postgres.silence_timeout; the check could not tell whether it is working, so the connection is kept");
             }

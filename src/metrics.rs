@@ -26,6 +26,7 @@
 //! | `dbmanager_connect_errors_total` | counter | errors | database, pool, kind | failed connection attempts, by [`crate::FailureKind`] |
 //! | `dbmanager_connect_retries_total` | counter | attempts | database, pool | start-up connect retries |
 //! | `dbmanager_connection_leaks_total` | counter | connections | database, pool | connections held past `leak_detection_threshold` |
+//! | `dbmanager_silent_connections_closed_total` | counter | connections | database, pool | connections closed after the server said nothing for `postgres.silence_timeout` while it owed an answer, and a check over another connection found it not working on it |
 //! | `dbmanager_acquire_wait_seconds` | histogram | seconds | database, pool | time `get()` waited |
 //! | `dbmanager_connection_hold_seconds` | histogram | seconds | database, pool | time a connection stayed checked out |
 //! | `dbmanager_connect_seconds` | histogram | seconds | database, pool | time to open one connection |
@@ -173,6 +174,8 @@ pub mod names {
     pub const CONNECT_RETRIES: &str = "dbmanager_connect_retries_total";
     /// Counter: connections held past the leak threshold.
     pub const LEAKS: &str = "dbmanager_connection_leaks_total";
+    /// Counter: connections closed for silence (`postgres.silence_timeout`).
+    pub const SILENT_CLOSED: &str = "dbmanager_silent_connections_closed_total";
     /// Histogram: seconds `get()` waited.
     pub const ACQUIRE_WAIT: &str = "dbmanager_acquire_wait_seconds";
     /// Histogram: seconds a connection was held.
@@ -251,6 +254,11 @@ pub fn describe() {
         LEAKS,
         Unit::Count,
         "Connections held past the leak detection threshold"
+    );
+    describe_counter!(
+        SILENT_CLOSED,
+        Unit::Count,
+        "Connections closed after the server said nothing for the silence timeout"
     );
     describe_histogram!(
         ACQUIRE_WAIT,
@@ -421,6 +429,13 @@ pub(crate) fn connect_retry(label: PoolLabel) {
 pub(crate) fn leak(label: PoolLabel) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::LEAKS, "database" => label.backend.as_str(), "pool" => label.pool)
+        .increment(1);
+}
+
+#[inline]
+pub(crate) fn silent_closed(label: PoolLabel) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::SILENT_CLOSED, "database" => label.backend.as_str(), "pool" => label.pool)
         .increment(1);
 }
 

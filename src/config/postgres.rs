@@ -65,6 +65,17 @@ pub struct PostgresConfig {
     /// for the operating system's behaviour.
     #[serde(with = "humantime_serde")]
     pub tcp_user_timeout: Option<Duration>,
+    /// How long the server may say nothing while it owes an answer before
+    /// the pool checks, over another connection, whether the connection's
+    /// backend is working on it: a connection whose backend is not (a
+    /// frozen backend, a proxy that stopped forwarding) or whose server
+    /// cannot be reached within the connect timeout is closed, and the
+    /// caller gets a transient error; a running statement is left alone
+    /// and checked again each period. Bounds what `tcp_user_timeout` and
+    /// keepalives cannot see: a peer that keeps TCP alive and says
+    /// nothing. Default: 30 s; `"0s"` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub silence_timeout: Duration,
     /// Whether prepared statements may outlive a transaction. Set `unnamed`
     /// (or `off`) behind PgBouncer in transaction mode, where consecutive
     /// transactions of one client may run on different server connections.
@@ -94,6 +105,7 @@ impl Default for PostgresConfig {
             keepalives_interval: Duration::from_secs(10),
             keepalives_retries: 3,
             tcp_user_timeout: Some(Duration::from_secs(30)),
+            silence_timeout: Duration::from_secs(30),
             statement_cache: StatementCache::Named,
             pool: PostgresPoolConfig::default(),
             multiplex: PostgresMultiplexConfig::default(),

@@ -31,6 +31,23 @@ fn io_in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a s
     None
 }
 
+/// The `routine` field of the error the pool hands the requests owed on a
+/// connection it closed for silence (`postgres.silence_timeout`): it
+/// carries SQLSTATE 08006 like a server's error, but the server never
+/// answered.
+#[cfg(feature = "postgres")]
+pub(crate) const SILENCE_ROUTINE: &str = "dbmanager_silence_timeout";
+
+/// Whether `error` is the pool's own error for a connection closed for
+/// silence, not an answer from the server: the request's outcome on the
+/// server is unknown, as for a connection lost.
+#[cfg(feature = "postgres")]
+pub(crate) fn is_silence(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.routine() == Some(SILENCE_ROUTINE))
+}
+
 /// Classifies a PostgreSQL error by SQLSTATE, then by I/O cause.
 #[cfg(feature = "postgres")]
 pub(crate) fn classify_postgres(error: &tokio_postgres::Error) -> FailureKind {

@@ -20,6 +20,8 @@ pub(crate) use classify::classify_mongo;
 pub(crate) use classify::classify_postgres;
 #[cfg(feature = "postgres")]
 pub use classify::describe_postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use classify::{SILENCE_ROUTINE, is_silence};
 #[cfg(feature = "mongodb")]
 pub use describe_mongo::describe_mongo;
 pub use kind::{Backend, FailureKind};

@@ -30,6 +30,9 @@ pub(crate) struct Driver {
     /// libpq's `sslmode` (`prefer` when the URL names none): which TLS
     /// attempts the connect path makes on each address, and in which order.
     pub sslmode: SslMode,
+    /// `postgres.silence_timeout` (zero: off), for the connections'
+    /// watchdogs ([`super::silence`]).
+    pub silence_timeout: Duration,
 }
 
 impl Driver {
@@ -173,6 +176,7 @@ pub(crate) fn driver_config(config: &PostgresConfig, url: &DatabaseUrl) -> Resul
         tls,
         credentials: None,
         sslmode,
+        silence_timeout: config.silence_timeout,
     })
 }
 

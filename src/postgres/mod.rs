@@ -18,6 +18,7 @@ mod recycler;
 mod replicas;
 mod reuse;
 mod shared;
+mod silence;
 mod statements;
 #[cfg(feature = "tls")]
 mod tls;

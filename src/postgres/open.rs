@@ -60,6 +60,22 @@ pub(crate) async fn open(
     hosts::open(driver, target, secrets).await
 }
 
+/// Opens another connection to the server `canceller`'s connection is on
+/// (the address it was opened at, not the first of the URL's hosts),
+/// within the connect timeout.
+///
+/// # Errors
+///
+/// [`Error::Connect`] with that address's failure.
+pub(crate) async fn open_beside(
+    canceller: &Canceller,
+    driver: &Driver,
+    target: &str,
+    secrets: &[String],
+) -> Result<Opened, Error> {
+    hosts::at_address(canceller.endpoint().clone(), driver, target, secrets).await
+}
+
 /// The bound on one address's whole attempt: the connect timeout (the
 /// URL's `connect_timeout`, else `postgres.pool.connect_timeout`, which
 /// the driver configuration always carries), or 5 s without one.

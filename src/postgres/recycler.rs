@@ -16,6 +16,7 @@ use super::credentials::secrets_of;
 use super::open::{Canceller, Opened, open};
 use super::reuse::{self, NotReusable};
 use super::shared::{LiveConnection, Shared};
+use super::silence::Watch;
 use super::wire_tap::{Tap, Watched};
 use crate::config::RecyclingMethod;
 use crate::error::Error;
@@ -73,11 +74,23 @@ impl PgConnection {
 pub(crate) struct PgManager {
     driver: Driver,
     shared: Arc<Shared>,
+    /// What the connections' silence watchdogs share.
+    watch: Arc<Watch>,
 }
 
 impl PgManager {
     pub fn new(driver: Driver, shared: Arc<Shared>) -> Self {
-        PgManager { driver, shared }
+        let watch = Arc::new(Watch {
+            driver: driver.clone(),
+            target: shared.target.clone(),
+            secrets: shared.secrets.clone(),
+            label: shared.label,
+        });
+        PgManager {
+            driver,
+            shared,
+            watch,
+        }
     }
 
     fn expiry(&self, opened: Instant) -> Option<Instant> {
@@ -114,8 +127,10 @@ impl Manager for PgManager {
         let live = LiveConnection::new(self.shared.clone(), canceller.clone());
         let id = live.id();
         let connection = Watched::new(connection, tap.clone());
+        let watchdog = self.watch.start(tap.clone(), canceller.clone());
         let task = tokio::spawn(async move {
             let _live = live;
+            let _watchdog = watchdog;
             if let Err(e) = connection.await {
                 tracing::debug!(target: "dbmanager::postgres", error = %e, "connection ended with an error");
             }

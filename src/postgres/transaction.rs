@@ -424,7 +424,7 @@ impl PostgresPool {
             Err(e) => {
                 // No SQLSTATE: the server did not answer, the connection
                 // is lost (and stays marked, so it is closed).
-                let lost = e.code().is_none();
+                let lost = e.code().is_none() || crate::error::is_silence(&e);
                 let error = Error::postgres("starting a transaction", e);
                 return if lost {
                     Attempt::Retry(error)
@@ -478,7 +478,8 @@ impl PostgresPool {
                 }
             }
             // The server answered: the transaction is over, rolled back.
-            Err(e) if e.code().is_some() => {
+            // (Not the pool's error for a silent connection: no answer.)
+            Err(e) if e.code().is_some() && !crate::error::is_silence(&e) => {
                 connection.in_transaction = false;
                 let error = Error::postgres("committing a transaction", e);
                 if is_conflict(&error) {

@@ -15,12 +15,17 @@
 //! the tap's, so a request queued since the task last ran shows as
 //! [`Tap::is_quiet`] false: the pool waits for the task to run (no round
 //! trip) before it reads the session.
+//!
+//! And it keeps when the server last sent a byte, for the silence watchdog
+//! ([`super::silence`]), which closes a connection through it
+//! ([`Tap::close_for_silence`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,6 +33,7 @@ use tokio::sync::Notify;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
 use super::protocol::{Framer, ServerError, Session, View};
+use super::silence::silence_errors;
 
 /// The start-up code of an `SSLRequest` (PostgreSQL protocol).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -55,6 +61,23 @@ pub(crate) struct Tap {
     task_waker: AtomicWaker,
     /// Woken at the end of every poll of the task, and when it ends.
     changed: Notify,
+    /// What the times below count from.
+    born: Instant,
+    /// Nanoseconds from `born` to the server's last byte.
+    last_read: AtomicU64,
+    /// Nanoseconds from `born` to the client's first write after the
+    /// server's last byte (valid while `wrote_since_read`).
+    first_write: AtomicU64,
+    wrote_since_read: AtomicBool,
+    /// The last read found no bytes: tokio-postgres waits on the server.
+    /// Clear while it is not reading (its caller has not taken the answers
+    /// already read), when the silence is this side's, not the server's.
+    reading: AtomicBool,
+    /// Set once by the silence watchdog: the server said nothing for too
+    /// long; the reader ends the connection with this message.
+    silenced: OnceLock<String>,
+    /// The waker of whoever last waited for the server's bytes.
+    reader: AtomicWaker,
 }
 
 impl Tap {
@@ -64,7 +87,70 @@ impl Tap {
             task: AtomicU8::new(0),
             task_waker: AtomicWaker::new(),
             changed: Notify::new(),
+            born: Instant::now(),
+            last_read: AtomicU64::new(0),
+            first_write: AtomicU64::new(0),
+            wrote_since_read: AtomicBool::new(false),
+            reading: AtomicBool::new(false),
+            silenced: OnceLock::new(),
+            reader: AtomicWaker::new(),
         })
+    }
+
+    fn since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn read_now(&self) {
+        self.last_read.store(self.since_born(), Ordering::Release);
+        self.wrote_since_read.store(false, Ordering::Release);
+        self.reading.store(false, Ordering::Release);
+    }
+
+    fn waiting_for_bytes(&self) {
+        self.reading.store(true, Ordering::Release);
+    }
+
+    fn wrote_now(&self) {
+        // Only the first write after a read is timed: a write costs one
+        // load, not a clock read.
+        if !self.wrote_since_read.load(Ordering::Acquire) {
+            self.first_write.store(self.since_born(), Ordering::Release);
+            self.wrote_since_read.store(true, Ordering::Release);
+        }
+    }
+
+    /// Since when the server has said nothing while it owed an answer, or
+    /// `None` when it owes none (or the connection ended), or when this
+    /// side is not reading (a caller slow to take its rows: the server may
+    /// have sent everything). The silence counts from the later of its last
+    /// byte and the client's first write after it: a request written to a
+    /// connection at rest starts it.
+    pub fn silent_since(&self) -> Option<Instant> {
+        if !self.reading.load(Ordering::Acquire) || !self.session().server_owes() {
+            return None;
+        }
+        let mut since = self.last_read.load(Ordering::Acquire);
+        if self.wrote_since_read.load(Ordering::Acquire) {
+            since = since.max(self.first_write.load(Ordering::Acquire));
+        }
+        Some(self.born + Duration::from_nanos(since))
+    }
+
+    /// The process id of the connection's backend, from the start-up.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.session().backend_pid()
+    }
+
+    /// Ends the connection for silence: its reader hands tokio-postgres an
+    /// error with `message` (SQLSTATE 08006) in place of the server's
+    /// answer, then the end of the stream, so the caller waiting for the
+    /// answer gets that error and the connection closes.
+    pub fn close_for_silence(&self, message: String) {
+        if self.silenced.set(message).is_ok() {
+            self.reader.wake();
+            self.task_waker.wake();
+        }
     }
 
     fn session(&self) -> MutexGuard<'_, Session> {
@@ -215,6 +301,9 @@ pub(crate) struct Tapped<S> {
     outgoing: Option<Framer>,
     incoming: Incoming,
     incoming_framer: Framer,
+    /// After [`Tap::close_for_silence`]: the error's bytes not yet handed
+    /// to the reader (empty once all were: the stream ends).
+    silence_error: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> Tapped<S> {
@@ -226,7 +315,38 @@ impl<S> Tapped<S> {
             outgoing: Some(Framer::new(false)),
             incoming: Incoming::Messages,
             incoming_framer: Framer::new(true),
+            silence_error: None,
         }
+    }
+
+    /// After [`Tap::close_for_silence`]: an error in place of each answer
+    /// owed (tokio-postgres hands each to the request it answers: the
+    /// oldest may be housekeeping no caller waits for, a dropped statement's
+    /// close), then the end of the stream. The errors go in only on a
+    /// message boundary (it would garble a half-read message): otherwise
+    /// the read fails with the message as an I/O error, and callers see the
+    /// connection closed.
+    fn end_for_silence(&mut self, message: &str, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+        if self.silence_error.is_none() {
+            if !self.incoming_framer.at_boundary() {
+                self.tap.end();
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message.to_string()));
+            }
+            let owed = self.tap.view().awaiting.max(1);
+            self.silence_error = Some((silence_errors(message, owed), 0));
+        }
+        let Some((error, sent)) = &mut self.silence_error else {
+            return Ok(());
+        };
+        let rest = &error[*sent..];
+        if rest.is_empty() {
+            self.tap.end();
+            return Ok(());
+        }
+        let take = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..take]);
+        *sent += take;
+        Ok(())
     }
 
     fn wrote(&mut self, bytes: &[u8]) {
@@ -302,6 +422,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.incoming == Incoming::Messages
+            && let Some(message) = this.tap.silenced.get().cloned()
+        {
+            return Poll::Ready(this.end_for_silence(&message, buf));
+        }
         let before = buf.filled().len();
         let had_room = buf.remaining() > 0;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -309,13 +434,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
             Poll::Ready(Ok(())) => {
                 let filled = &buf.filled()[before..];
                 if !filled.is_empty() {
+                    this.tap.read_now();
                     this.read(filled);
                 } else if had_room {
                     this.tap.end();
                 }
             }
             Poll::Ready(Err(_)) => this.tap.end(),
-            Poll::Pending => {}
+            Poll::Pending => {
+                this.tap.waiting_for_bytes();
+                this.tap.reader.register(cx.waker());
+            }
         }
         result
     }
@@ -331,7 +460,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.tap.set_blocked(result.is_pending());
         match &result {
-            Poll::Ready(Ok(written)) => this.wrote(&buf[..*written]),
+            Poll::Ready(Ok(written)) => {
+                if *written > 0 {
+                    this.tap.wrote_now();
+                }
+                this.wrote(&buf[..*written]);
+            }
             Poll::Ready(Err(_)) => this.tap.end(),
             Poll::Pending => {}
         }
@@ -458,6 +592,71 @@ mod tests {
         assert_eq!(t.tap.view().awaiting, 1);
         t.read(&typed(b'Z', b"I"));
         assert_eq!(t.tap.view().awaiting, 0);
+    }
+
+    /// A reader over bytes already read: what `Tapped::poll_read` hands
+    /// tokio-postgres, read to the end.
+    fn read_to_end(t: &mut Tapped<&'static [u8]>) -> (Vec<u8>, io::Result<()>) {
+        let mut out = Vec::new();
+        let noop = Waker::noop();
+        let mut cx = Context::from_waker(noop);
+        loop {
+            let mut storage = [0u8; 7];
+            let mut buf = ReadBuf::new(&mut storage);
+            match Pin::new(&mut *t).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return (out, Ok(())),
+                Poll::Ready(Ok(())) => out.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(e)) => return (out, Err(e)),
+                Poll::Pending => unreachable!("a slice is always ready"),
+            }
+        }
+    }
+
+    #[test]
+    fn silence_answers_every_owed_request_with_the_error_then_ends() {
+        let mut t = Tapped::new(&b""[..], Tap::new());
+        t.wrote(&untyped(&196_608u32.to_be_bytes()));
+        t.read(&typed(b'Z', b"I"));
+        // A dropped statement's close, then a caller's query.
+        t.wrote(&typed(b'C', b"Ss1\0"));
+        t.wrote(&typed(b'S', b""));
+        t.wrote(&typed(b'Q', b"SELECT 1\0"));
+        assert!(t.tap.silent_since().is_none(), "not reading yet");
+        t.tap.waiting_for_bytes();
+        assert!(t.tap.silent_since().is_some());
+        t.tap
+            .close_for_silence("silent (postgres.silence_timeout)".into());
+        // Read through a buffer smaller than one message.
+        let (bytes, result) = read_to_end(&mut t);
+        assert!(result.is_ok());
+        let mut framer = Framer::new(true);
+        let mut kinds = Vec::new();
+        framer.feed(&bytes, &mut |kind, body| {
+            if kind == b'E' {
+                let text = String::from_utf8_lossy(body);
+                assert!(text.contains("C08006"), "{text}");
+                assert!(text.contains("postgres.silence_timeout"), "{text}");
+            }
+            kinds.push(kind);
+            true
+        });
+        assert_eq!(kinds, b"EZEZ");
+        assert!(framer.at_boundary());
+        assert!(t.tap.view().broken);
+    }
+
+    #[test]
+    fn silence_mid_message_fails_the_read() {
+        let mut t = Tapped::new(&b""[..], Tap::new());
+        t.wrote(&untyped(&196_608u32.to_be_bytes()));
+        t.read(&typed(b'Z', b"I"));
+        t.wrote(&typed(b'Q', b"SELECT 1\0"));
+        // Half of a RowDescription.
+        t.read(&typed(b'T', b"\0\0")[..3]);
+        t.tap.close_for_silence("silent".into());
+        let (bytes, result) = read_to_end(&mut t);
+        assert!(bytes.is_empty());
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum AtCommit {
     /// The chunk is dropped and both sides are reset: the server never
     /// sees the COMMIT and rolls back when it notices the connection gone.
     DropAndCut = 2,
+    /// The chunk reaches the server, then this flow forwards no more of
+    /// the server's replies, sockets kept open: the server commits, its
+    /// answer never comes, and nothing closes the connection.
+    DeliverThenSilence = 3,
 }
 
 /// The bytes of the simple query tokio-postgres sends to commit.
@@ -202,14 +206,30 @@ async fn flow(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, fa
         return;
     };
     let carried = AtomicU64::new(0);
+    // This flow's replies are dropped ([`AtCommit::DeliverThenSilence`]).
+    let silenced = AtomicBool::new(false);
     let (client_read, client_write) = inbound.into_split();
     let (server_read, server_write) = outbound.into_split();
     let (client_write, server_write) = (Arc::new(client_write), Arc::new(server_write));
-    let up = pump(client_read, server_write.clone(), &faults, &carried, false);
-    let down = pump(server_read, client_write.clone(), &faults, &carried, true);
+    let up = pump(
+        client_read,
+        server_write.clone(),
+        &faults,
+        &carried,
+        &silenced,
+        false,
+    );
+    let down = pump(
+        server_read,
+        client_write.clone(),
+        &faults,
+        &carried,
+        &silenced,
+        true,
+    );
     let (reset_client, reset_server) = tokio::select! {
         ended = up => match ended {
-            PumpEnd::Done => (false, false),
+            PumpEnd::Done | PumpEnd::Commit(AtCommit::DeliverThenSilence) => (false, false),
             // The server keeps the COMMIT it has read: a FIN after it.
             PumpEnd::Commit(AtCommit::DeliverThenCut) => (true, false),
             PumpEnd::Commit(AtCommit::DropAndCut) => (true, true),
@@ -237,6 +257,7 @@ async fn pump(
     to: Arc<OwnedWriteHalf>,
     faults: &Faults,
     carried: &AtomicU64,
+    silenced: &AtomicBool,
     replies: bool,
 ) -> PumpEnd {
     let mut frozen = faults.frozen.subscribe();
@@ -252,6 +273,13 @@ async fn pump(
                 .any(|w| w == COMMIT_QUERY)
             && let Some(fault) = take_commit_fault(faults)
         {
+            if fault == AtCommit::DeliverThenSilence {
+                if write_all(&to, &buf[..n]).await.is_err() {
+                    return PumpEnd::Done;
+                }
+                silenced.store(true, Ordering::Release);
+                continue;
+            }
             if fault == AtCommit::DeliverThenCut {
                 let _ = write_all(&to, &buf[..n]).await;
             }
@@ -270,7 +298,9 @@ async fn pump(
         } else {
             n
         };
-        if replies && faults.drop_replies.load(Ordering::Acquire) {
+        if replies
+            && (faults.drop_replies.load(Ordering::Acquire) || silenced.load(Ordering::Acquire))
+        {
             continue;
         }
         // Shared with the flow (to reset it), so written through the stream.
@@ -284,6 +314,7 @@ fn take_commit_fault(faults: &Faults) -> Option<AtCommit> {
     match faults.at_commit.swap(0, Ordering::AcqRel) {
         1 => Some(AtCommit::DeliverThenCut),
         2 => Some(AtCommit::DropAndCut),
+        3 => Some(AtCommit::DeliverThenSilence),
         _ => None,
     }
 }

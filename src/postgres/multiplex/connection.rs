@@ -18,6 +18,7 @@ use crate::postgres::connect::{Driver, create_timeout};
 use crate::postgres::credentials::secrets_of;
 use crate::postgres::open::{Canceller, Opened, open};
 use crate::postgres::shared::Shared;
+use crate::postgres::silence::Watch;
 
 /// The largest share of `max_lifetime` taken off a connection's life, so
 /// connections opened together are not all replaced together (the pool's
@@ -72,7 +73,7 @@ impl MuxConnection {
             client,
             connection,
             canceller,
-            ..
+            tap,
         } = tokio::time::timeout(limit, connect)
             .await
             .map_err(|_| create_timeout(&shared.target, limit))
@@ -85,10 +86,18 @@ impl MuxConnection {
             live,
             ended,
         };
+        let watchdog = Arc::new(Watch {
+            driver: driver.clone(),
+            target: shared.target.clone(),
+            secrets: shared.secrets.clone(),
+            label: PoolLabel::MULTIPLEX,
+        })
+        .start(tap, canceller.clone());
         let task = tokio::spawn(async move {
             // Dropped when the socket closes and also when the task is
             // aborted (a forced close, a failed `on_connect`).
             let _end = end;
+            let _watchdog = watchdog;
             if let Err(e) = connection.await {
                 tracing::debug!(target: "dbmanager::postgres", error = %e, "multiplexed connection ended with an error");
             }

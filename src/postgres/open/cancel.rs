@@ -16,7 +16,7 @@ use super::transport::{self, Address, SocketOptions, Transport};
 use crate::postgres::connect::Connector;
 
 /// Where a connection went.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     pub address: Address,
     pub port: u16,
@@ -40,6 +40,11 @@ impl Canceller {
             endpoint: Arc::new(endpoint),
             tls,
         }
+    }
+
+    /// The server the connection is on.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Asks the server to cancel whatever the connection's backend runs now,

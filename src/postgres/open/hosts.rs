@@ -216,7 +216,7 @@ fn try_next_mode(mode: DriverSslMode, tls_used: bool, error: &tokio_postgres::Er
 }
 
 /// Everything at one address, within its bound.
-async fn at_address(
+pub(super) async fn at_address(
     endpoint: Endpoint,
     driver: &Driver,
     target: &str,

@@ -59,6 +59,12 @@ impl Framer {
         self.typed = true;
     }
 
+    /// Whether the bytes fed so far end on a message boundary (no message
+    /// half read).
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining.is_none()
+    }
+
     fn header_size(&self) -> usize {
         if self.typed { 5 } else { 4 }
     }

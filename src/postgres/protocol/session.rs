@@ -212,6 +212,8 @@ pub(crate) struct Session {
     refused_write: bool,
     broken: Option<&'static str>,
     ended: bool,
+    /// The process id of the backend, from the server's `BackendKeyData`.
+    backend_pid: Option<i32>,
 }
 
 impl Default for Session {
@@ -236,6 +238,7 @@ impl Session {
             refused_write: false,
             broken: None,
             ended: false,
+            backend_pid: None,
         }
     }
 
@@ -396,6 +399,21 @@ impl Session {
         self.broken
     }
 
+    /// The process id of the server's backend for this connection (behind
+    /// a pooler such as PgBouncer, the pooler's own number).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
+    }
+
+    /// Whether the server owes an answer it needs nothing more from the
+    /// client to give: requests written and not answered, other than a
+    /// COPY FROM STDIN stream or an extended batch still waiting for the
+    /// client's next message.
+    pub fn server_owes(&self) -> bool {
+        let view = self.view();
+        view.awaiting > 0 && !view.awaits_client && !view.broken
+    }
+
     /// Whether the last `CommandComplete` was tagged `ROLLBACK`.
     pub fn last_tag_was_rollback(&self) -> bool {
         self.last_tag_rollback
@@ -474,8 +492,14 @@ impl Session {
 
     fn startup_reply(&mut self, kind: u8, body: &[u8]) {
         match kind {
-            // Authentication, backend key data, protocol negotiation.
-            b'R' | b'K' | b'v' => {}
+            b'K' => {
+                self.backend_pid = body
+                    .get(..4)
+                    .and_then(|pid| pid.try_into().ok())
+                    .map(i32::from_be_bytes);
+            }
+            // Authentication, protocol negotiation.
+            b'R' | b'v' => {}
             // A start-up error is fatal: the server closes the connection.
             b'E' => {}
             b'Z' => {

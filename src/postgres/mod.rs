@@ -2,6 +2,7 @@
 //! lifetimes, idle reaping, warm-up, hooks, leak detection and drain.
 
 #[cfg(feature = "tls")]
+mod acquire;
 mod channel_binding;
 mod connect;
 mod connection;

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, PoolError, TimeoutType, Timeouts};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::connect::create_timeout;
 use super::connection::PooledConnection;
@@ -15,6 +17,7 @@ use super::pool::PostgresPool;
 use super::recycler::{Checked, PgManager, check_out, idle_for};
 use crate::error::{Backend, Error, Result};
 use crate::metrics::{self, CloseReason};
+use crate::spans;
 
 /// The caller's wait, shared by every step of one acquire (queueing, each
 /// connection's check, the hook, every retry).
@@ -93,7 +96,45 @@ enum Round<T> {
 }
 
 impl PostgresPool {
+    /// A checkout for `caller`, within its `span` (`dbmanager.acquire`).
     pub(super) async fn acquire(
+        &self,
+        caller: &'static Location<'static>,
+        wait: Option<Duration>,
+    ) -> Result<PooledConnection> {
+        let span = self.acquire_span(caller);
+        let result = self
+            .acquire_within(caller, wait)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            spans::record_error(&span, error);
+        }
+        result
+    }
+
+    /// The span of one checkout. Not a client call (no round trip of its
+    /// own, most of the time): an internal span whose children are the
+    /// connects and checks it caused.
+    fn acquire_span(&self, caller: &'static Location<'static>) -> Span {
+        let shared = &self.shared;
+        tracing::info_span!(
+            target: "dbmanager::postgres",
+            "dbmanager.acquire",
+            db.system.name = spans::POSTGRESQL,
+            db.namespace = %shared.peer.namespace,
+            server.address = %shared.peer.address,
+            server.port = shared.peer.port,
+            db.client.connection.pool.name = shared.label.pool,
+            code.file.path = caller.file(),
+            code.line.number = caller.line(),
+            error.type = Empty,
+            db.response.status_code = Empty,
+            otel.status_code = Empty,
+        )
+    }
+
+    async fn acquire_within(
         &self,
         caller: &'static Location<'static>,
         wait: Option<Duration>,

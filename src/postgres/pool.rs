@@ -21,6 +21,7 @@ use crate::config::{PostgresConfig, QueueMode, ReplicaFallback, url::ConnectionS
 use crate::error::{Backend, Error, Result};
 use crate::metrics::{CloseReason, PoolLabel};
 use crate::pool_status::PoolStatus;
+use crate::spans::Peer;
 
 /// The PostgreSQL connection pool of a [`crate::DatabaseManager`].
 ///
@@ -151,12 +152,15 @@ impl PostgresPool {
         let max_size = settings.max_size;
         let require_writable = driver.config.get_target_session_attrs()
             == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        let peer = peer_of(&driver.config, &database);
         let endpoint = Endpoint {
             label,
             target,
             database,
             secrets,
             require_writable,
+            peer,
+            trace_query_text: config.trace_query_text,
         };
         let shared = Arc::new(Shared::new(
             endpoint,
@@ -289,6 +293,11 @@ impl PostgresPool {
         &self.shared.target
     }
 
+    /// The database and server spans of this pool name.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.shared.peer
+    }
+
     /// `postgres.statement_cache`, for the crate's own statements.
     pub(crate) fn statement_cache(&self) -> crate::config::StatementCache {
         self.shared.statement_cache
@@ -397,5 +406,28 @@ impl std::fmt::Debug for PostgresPool {
             .field("status", &self.status())
             .field("replicas", &self.replica())
             .finish()
+    }
+}
+
+/// The database and first server of a connection configuration, for spans:
+/// a multi-host URL names its first host (a connect attempt's own span
+/// names the host it tried).
+pub(super) fn peer_of(config: &tokio_postgres::Config, database: &str) -> Peer {
+    use tokio_postgres::config::Host;
+    let address = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        None => String::new(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(crate::config::libpq::DEFAULT_PORT);
+    Peer {
+        namespace: database.to_string(),
+        address,
+        port,
     }
 }

@@ -34,7 +34,8 @@ pub(crate) struct Peer {
 }
 
 /// Records a failure on `span`: `error.type` (the SQLSTATE when the server
-/// answered with one, as the conventions ask, else the error's kind),
+/// answered with one, as the conventions ask, else how a connect failed or
+/// the error's kind),
 /// `db.response.status_code` and `otel.status_code = "ERROR"`.
 pub(crate) fn record_error(span: &Span, error: &Error) {
     if span.is_disabled() {
@@ -44,7 +45,12 @@ pub(crate) fn record_error(span: &Span, error: &Error) {
     if let Some(code) = sqlstate {
         span.record("db.response.status_code", code);
     }
-    span.record("error.type", sqlstate.unwrap_or(error.kind()));
+    // A failed connect says how it failed (`refused`, `timeout`, ...).
+    let kind = match error {
+        Error::Connect { kind, .. } => kind.as_str(),
+        other => other.kind(),
+    };
+    span.record("error.type", sqlstate.unwrap_or(kind));
     span.record("otel.status_code", "ERROR");
 }
 

@@ -56,7 +56,10 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     assert_eq!(checkouts.histogram_count(names::ACQUIRE_WAIT, &[PG]), 5);
     assert_eq!(checkouts.histogram_count(names::HOLD, &[PG]), 5);
     // The same under OpenTelemetry's names, beside them.
-    assert_eq!(checkouts.histogram_count(names::OTEL_WAIT_TIME, &OTEL_PG), 5);
+    assert_eq!(
+        checkouts.histogram_count(names::OTEL_WAIT_TIME, &OTEL_PG),
+        5
+    );
     assert_eq!(checkouts.histogram_count(names::OTEL_USE_TIME, &OTEL_PG), 5);
 
     // A forced timeout: both connections held, a third caller gives up.
@@ -134,13 +137,25 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     );
     // The probe sampled the pool's gauges: under OpenTelemetry's names too,
     // from the same status (idle + used = open).
-    assert_eq!(probes.gauge(names::OTEL_CONNECTION_MAX, &OTEL_PG), Some(2.0));
+    assert_eq!(
+        probes.gauge(names::OTEL_CONNECTION_MAX, &OTEL_PG),
+        Some(2.0)
+    );
     let state = |s| [OTEL_PG[0], OTEL_PG[1], (names::OTEL_STATE, s)];
     let idle = probes.gauge(names::OTEL_CONNECTION_COUNT, &state("idle"));
     let used = probes.gauge(names::OTEL_CONNECTION_COUNT, &state("used"));
-    assert_eq!(probes.gauge(names::POOL_IDLE, &[PG, ("pool", "primary")]), idle);
-    assert_eq!(probes.gauge(names::POOL_IN_USE, &[PG, ("pool", "primary")]), used);
-    assert!(idle.is_some() && used.is_some(), "idle {idle:?}, used {used:?}");
+    assert_eq!(
+        probes.gauge(names::POOL_IDLE, &[PG, ("pool", "primary")]),
+        idle
+    );
+    assert_eq!(
+        probes.gauge(names::POOL_IN_USE, &[PG, ("pool", "primary")]),
+        used
+    );
+    assert!(
+        idle.is_some() && used.is_some(),
+        "idle {idle:?}, used {used:?}"
+    );
     assert_eq!(
         probes.gauge(names::OTEL_PENDING_REQUESTS, &OTEL_PG),
         probes.gauge(names::POOL_WAITING, &[PG, ("pool", "primary")])
@@ -149,7 +164,10 @@ async fn each_metric_moves_as_the_scenario_predicts() {
         probes
             .gauge(
                 names::OTEL_CONNECTION_MAX,
-                &[(names::OTEL_SYSTEM, "mongodb"), (names::OTEL_POOL_NAME, "mongodb")]
+                &[
+                    (names::OTEL_SYSTEM, "mongodb"),
+                    (names::OTEL_POOL_NAME, "mongodb")
+                ]
             )
             .is_some(),
         "MongoDB's pool under OpenTelemetry's names"

@@ -57,7 +57,7 @@
 //! | `db.client.connection.wait_time` | histogram | seconds | | time a checkout waited |
 //! | `db.client.connection.create_time` | histogram | seconds | | time to open one connection |
 //! | `db.client.connection.use_time` | histogram | seconds | | time a connection stayed checked out |
-//! | `db.client.operation.duration` | histogram | seconds | `db.operation.name` when known (no pool label) | a multiplexed statement |
+//! | `db.client.operation.duration` | histogram | seconds | `db.operation.name` when known | a multiplexed statement (pool `multiplex`) |
 //!
 //! PostgreSQL gauges are sampled on every maintenance tick
 //! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
@@ -558,9 +558,10 @@ pub(crate) fn multiplex_waited(waited: Duration) {
 pub(crate) fn multiplex_statement(took: Duration, operation: Option<&'static str>) {
     metrics::histogram!(names::MUX_STATEMENT, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::MULTIPLEX.pool)
         .record(took.as_secs_f64());
+    let pool = PoolLabel::MULTIPLEX.pool;
     match operation {
-        Some(operation) => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql", "db.operation.name" => operation),
-        None => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql"),
+        Some(operation) => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql", names::OTEL_POOL_NAME => pool, "db.operation.name" => operation),
+        None => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql", names::OTEL_POOL_NAME => pool),
     }
     .record(took.as_secs_f64());
 }

@@ -55,6 +55,7 @@ async fn the_multiplex_metrics_move_as_the_scenario_predicts() {
             names::OTEL_OPERATION_DURATION,
             &[
                 (names::OTEL_SYSTEM, "postgresql"),
+                (names::OTEL_POOL_NAME, "multiplex"),
                 ("db.operation.name", "SELECT")
             ]
         ),

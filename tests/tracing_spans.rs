@@ -273,13 +273,47 @@ async fn a_transaction_rerun_after_a_serialization_failure_is_one_span_per_attem
     assert_eq!(second.field("dbmanager.transaction.outcome"), "committed");
     assert_eq!(second.field("db.operation.name"), "COMMIT");
     assert_eq!(second.get("error.type"), None);
+    // Out of attempts: the last attempt's span says so.
+    let options = dbmanager::postgres::TransactionOptions::new().retry(
+        dbmanager::RetryPolicy::exponential()
+            .initial_delay(std::time::Duration::from_millis(1))
+            .max_delay(std::time::Duration::from_millis(1))
+            .max_attempts(2),
+    );
+    let error = manager
+        .postgres()
+        .unwrap()
+        .transaction_with::<(), _>(options, |tx| {
+            async move {
+                tx.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
+                )
+                .await?;
+                Ok(())
+            }
+            .scoped()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::TransactionRetriesExhausted { .. }),
+        "{error:?}"
+    );
+    let all = spans.named("dbmanager.transaction", "db.namespace", &db.name);
+    let outcomes: Vec<&str> = all[2..]
+        .iter()
+        .map(|s| s.field("dbmanager.transaction.outcome"))
+        .collect();
+    assert_eq!(outcomes, ["rerun", "exhausted"]);
+    assert_eq!(all[3].field("db.response.status_code"), "40001");
+
     // Each attempt's checkout is a child of the attempt.
     let acquires = spans.named("dbmanager.acquire", "db.namespace", &db.name);
     let under_attempts = acquires
         .iter()
         .filter(|a| spans.parent_name(a) == Some("dbmanager.transaction"))
         .count();
-    assert_eq!(under_attempts, 2);
+    assert_eq!(under_attempts, 4);
     spans.assert_no_field_contains(&[&password_of(&db.url)]);
 }
 

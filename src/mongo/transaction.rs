@@ -238,6 +238,9 @@ impl MongoHandle {
             if !span.is_disabled() {
                 let (outcome, operation, error) = match &step {
                     Step::Done(Ok(_)) => ("committed", "commitTransaction", None),
+                    Step::Done(Err(error @ Error::TransactionRetriesExhausted { .. })) => {
+                        ("exhausted", "abortTransaction", Some(error))
+                    }
                     Step::Done(Err(error)) => ("failed", "abortTransaction", Some(error)),
                     Step::Rerun(_, error) => ("rerun", "abortTransaction", Some(error)),
                 };
@@ -251,6 +254,8 @@ impl MongoHandle {
                     }
                 }
             }
+            // The attempt ends here: its span does not cover the pause.
+            drop(span);
             match step {
                 Step::Done(result) => return result,
                 Step::Rerun(delay, _) => tokio::time::sleep(delay).await,

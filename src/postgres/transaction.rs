@@ -384,6 +384,7 @@ impl PostgresPool {
                 }
             };
             let Some(delay) = backoff.next() else {
+                span.record("dbmanager.transaction.outcome", "exhausted");
                 metrics::transaction_exhausted(label);
                 return Err(Error::TransactionRetriesExhausted {
                     backend: Backend::Postgres,
@@ -391,6 +392,7 @@ impl PostgresPool {
                     last: Box::new(error),
                 });
             };
+            span.record("dbmanager.transaction.outcome", "rerun");
             metrics::transaction_rerun(label, rerun_reason(&error));
             tracing::info!(
                 target: "dbmanager::postgres",
@@ -400,13 +402,14 @@ impl PostgresPool {
                 error = %error,
                 "transaction rolled back; running it again"
             );
+            // The attempt ends here: its span does not cover the pause.
+            drop(span);
             tokio::time::sleep(delay).await;
         }
     }
 
-    /// The span of one attempt: a client span (BEGIN .. COMMIT or
-    /// ROLLBACK are round trips to the server), named after the
-    /// operation that ends it once known.
+    /// The span of one attempt, exported as `transaction`: a client span
+    /// (BEGIN .. COMMIT or ROLLBACK are round trips to the server).
     fn attempt_span(&self, attempt: u32, caller: &'static Location<'static>) -> Span {
         let peer = &self.shared.peer;
         tracing::info_span!(
@@ -604,27 +607,30 @@ impl PostgresPool {
 
 /// What one attempt ended with, on its span: `db.operation.name` (the
 /// `COMMIT` or `ROLLBACK` that ended it), `dbmanager.transaction.outcome`
-/// (`committed`, `rerun`, `failed`, `commit_lost`) and, for a failure, its
-/// SQLSTATE (a rerun's 40001 or 40P01) and `error.type`.
+/// (`committed`, `failed`, `commit_lost`; a retryable failure's is
+/// recorded once known whether it runs again: `rerun` or `exhausted`) and,
+/// for a failure, its SQLSTATE (a rerun's 40001 or 40P01) and `error.type`.
 fn record_attempt<T>(span: &Span, outcome: &Attempt<T>) {
     if span.is_disabled() {
         return;
     }
     let (operation, label, error) = match outcome {
-        Attempt::Committed(_) => ("COMMIT", "committed", None),
-        Attempt::Retry(error) => ("ROLLBACK", "rerun", Some(error)),
-        Attempt::Fail(error) => ("ROLLBACK", "failed", Some(error)),
-        Attempt::CommitLost { .. } => ("COMMIT", "commit_lost", None),
+        Attempt::Committed(_) => ("COMMIT", Some("committed"), None),
+        Attempt::Retry(error) => ("ROLLBACK", None, Some(error)),
+        Attempt::Fail(error) => ("ROLLBACK", Some("failed"), Some(error)),
+        Attempt::CommitLost { .. } => ("COMMIT", Some("commit_lost"), None),
     };
     span.record("db.operation.name", operation);
-    span.record("dbmanager.transaction.outcome", label);
-    match error {
-        Some(error) => spans::record_error(span, error),
-        None if label == "commit_lost" => {
+    if let Some(label) = label {
+        span.record("dbmanager.transaction.outcome", label);
+    }
+    match (error, outcome) {
+        (Some(error), _) => spans::record_error(span, error),
+        (None, Attempt::CommitLost { .. }) => {
             span.record("error.type", "commit_outcome_unknown");
             span.record("otel.status_code", "ERROR");
         }
-        None => {}
+        (None, _) => {}
     }
 }
 

@@ -1,8 +1,8 @@
 //! The PostgreSQL side: a deadpool pool of tokio-postgres connections with
 //! lifetimes, idle reaping, warm-up, hooks, leak detection and drain.
 
-#[cfg(feature = "tls")]
 mod acquire;
+#[cfg(feature = "tls")]
 mod channel_binding;
 mod connect;
 mod connection;

@@ -294,6 +294,7 @@ impl PostgresPool {
     }
 
     /// The database and server spans of this pool name.
+    #[cfg(feature = "migrate")]
     pub(crate) fn peer(&self) -> &Peer {
         &self.shared.peer
     }

@@ -22,6 +22,7 @@ mod pool_status;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod retry;
+mod spans;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(any(feature = "postgres", feature = "mongodb"))]

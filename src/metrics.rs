@@ -45,6 +45,21 @@
 //! | `dbmanager_transaction_commit_unknown_total` | counter | commits | database, pool, outcome | commits whose answer was lost, by what the check found: `committed`, `aborted`, `no_write` (no transaction id: nothing written; run again) or `unknown` (`CommitOutcomeUnknown` returned) |
 //! | `dbmanager_transaction_seconds` | histogram | seconds | database, pool, outcome | one helper call, every attempt and wait included, by `outcome`: `committed` or `failed` |
 //!
+//! The same figures under OpenTelemetry's database metric names, beside
+//! those (labels `db.system.name`, `postgresql` or `mongodb`, and
+//! `db.client.connection.pool.name`, the `pool` above):
+//!
+//! | name | type | unit | extra labels | meaning |
+//! | --- | --- | --- | --- | --- |
+//! | `db.client.connection.count` | gauge | connections | `db.client.connection.state` (`idle`, `used`) | open connections by state |
+//! | `db.client.connection.max` | gauge | connections | | pool's maximum size |
+//! | `db.client.connection.pending_requests` | gauge | requests | | callers waiting for a connection |
+//! | `db.client.connection.timeouts` | counter | errors | | checkouts that timed out |
+//! | `db.client.connection.wait_time` | histogram | seconds | | time a checkout waited |
+//! | `db.client.connection.create_time` | histogram | seconds | | time to open one connection |
+//! | `db.client.connection.use_time` | histogram | seconds | | time a connection stayed checked out |
+//! | `db.client.operation.duration` | histogram | seconds | `db.operation.name` when known | a multiplexed statement (pool `multiplex`) |
+//!
 //! PostgreSQL gauges are sampled on every maintenance tick
 //! (`postgres.pool.maintenance_interval`) and every health probe; MongoDB
 //! gauges move with the driver's pool events. Multiplexed gauges are sampled
@@ -219,6 +234,42 @@ pub mod names {
     pub const TX_COMMIT_UNKNOWN: &str = "dbmanager_transaction_commit_unknown_total";
     /// Histogram: seconds one transaction helper call took, label `outcome`.
     pub const TX_DURATION: &str = "dbmanager_transaction_seconds";
+
+    /// OpenTelemetry's name. Gauge: connections open, label
+    /// `db.client.connection.state` (`idle` or `used`).
+    pub const OTEL_CONNECTION_COUNT: &str = "db.client.connection.count";
+    /// OpenTelemetry's name. Gauge: the pool's maximum size.
+    pub const OTEL_CONNECTION_MAX: &str = "db.client.connection.max";
+    /// OpenTelemetry's name. Gauge: callers waiting for a connection.
+    pub const OTEL_PENDING_REQUESTS: &str = "db.client.connection.pending_requests";
+    /// OpenTelemetry's name. Counter: checkouts that timed out.
+    pub const OTEL_TIMEOUTS: &str = "db.client.connection.timeouts";
+    /// OpenTelemetry's name. Histogram: seconds a checkout waited.
+    pub const OTEL_WAIT_TIME: &str = "db.client.connection.wait_time";
+    /// OpenTelemetry's name. Histogram: seconds to open a connection.
+    pub const OTEL_CREATE_TIME: &str = "db.client.connection.create_time";
+    /// OpenTelemetry's name. Histogram: seconds a connection stayed
+    /// checked out.
+    pub const OTEL_USE_TIME: &str = "db.client.connection.use_time";
+    /// OpenTelemetry's name. Histogram: seconds a multiplexed statement
+    /// took, label `db.operation.name` when known.
+    pub const OTEL_OPERATION_DURATION: &str = "db.client.operation.duration";
+
+    /// Label of the OpenTelemetry-named series: the pool's name.
+    pub const OTEL_POOL_NAME: &str = "db.client.connection.pool.name";
+    /// Label of the OpenTelemetry-named series: `postgresql` or `mongodb`.
+    pub const OTEL_SYSTEM: &str = "db.system.name";
+    /// Label of `db.client.connection.count`: `idle` or `used`.
+    pub const OTEL_STATE: &str = "db.client.connection.state";
+}
+
+/// `db.system.name` of a backend.
+#[cfg(feature = "metrics")]
+fn system(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "postgresql",
+        Backend::Mongodb => "mongodb",
+    }
 }
 
 /// Registers descriptions and units of every metric with the installed
@@ -340,6 +391,34 @@ pub fn describe() {
         Unit::Seconds,
         "Time one transaction helper call took, every attempt included"
     );
+    describe_gauge!(
+        OTEL_CONNECTION_COUNT,
+        Unit::Count,
+        "Connections open, by state (idle, used)"
+    );
+    describe_gauge!(
+        OTEL_CONNECTION_MAX,
+        Unit::Count,
+        "Maximum connections of the pool"
+    );
+    describe_gauge!(
+        OTEL_PENDING_REQUESTS,
+        Unit::Count,
+        "Callers waiting for a connection"
+    );
+    describe_counter!(OTEL_TIMEOUTS, Unit::Count, "Checkouts that timed out");
+    describe_histogram!(OTEL_WAIT_TIME, Unit::Seconds, "Time a checkout waited");
+    describe_histogram!(OTEL_CREATE_TIME, Unit::Seconds, "Time to open a connection");
+    describe_histogram!(
+        OTEL_USE_TIME,
+        Unit::Seconds,
+        "Time a connection stayed checked out"
+    );
+    describe_histogram!(
+        OTEL_OPERATION_DURATION,
+        Unit::Seconds,
+        "Time a multiplexed statement took"
+    );
 }
 
 #[inline]
@@ -355,6 +434,15 @@ pub(crate) fn pool_gauges(label: PoolLabel, status: &PoolStatus) {
             .set(status.in_use as f64);
         metrics::gauge!(names::POOL_WAITING, "database" => db, "pool" => pool)
             .set(status.waiting as f64);
+        let system = system(label.backend);
+        metrics::gauge!(names::OTEL_CONNECTION_COUNT, names::OTEL_SYSTEM => system, names::OTEL_POOL_NAME => pool, names::OTEL_STATE => "idle")
+            .set(status.idle as f64);
+        metrics::gauge!(names::OTEL_CONNECTION_COUNT, names::OTEL_SYSTEM => system, names::OTEL_POOL_NAME => pool, names::OTEL_STATE => "used")
+            .set(status.in_use as f64);
+        metrics::gauge!(names::OTEL_CONNECTION_MAX, names::OTEL_SYSTEM => system, names::OTEL_POOL_NAME => pool)
+            .set(status.max_size as f64);
+        metrics::gauge!(names::OTEL_PENDING_REQUESTS, names::OTEL_SYSTEM => system, names::OTEL_POOL_NAME => pool)
+            .set(status.waiting as f64);
     }
 }
 
@@ -366,6 +454,8 @@ pub(crate) fn connection_created(label: PoolLabel, took: Option<Duration>) {
         metrics::counter!(names::CREATED, "database" => db, "pool" => pool).increment(1);
         if let Some(took) = took {
             metrics::histogram!(names::CONNECT_TIME, "database" => db, "pool" => pool)
+                .record(took.as_secs_f64());
+            metrics::histogram!(names::OTEL_CREATE_TIME, names::OTEL_SYSTEM => system(label.backend), names::OTEL_POOL_NAME => pool)
                 .record(took.as_secs_f64());
         }
     }
@@ -383,14 +473,21 @@ pub(crate) fn connections_closed(label: PoolLabel, reason: CloseReason, count: u
 #[inline]
 pub(crate) fn acquired(label: PoolLabel, waited: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::ACQUIRE_WAIT, "database" => label.backend.as_str(), "pool" => label.pool)
-        .record(waited.as_secs_f64());
+    {
+        metrics::histogram!(names::ACQUIRE_WAIT, "database" => label.backend.as_str(), "pool" => label.pool)
+            .record(waited.as_secs_f64());
+        metrics::histogram!(names::OTEL_WAIT_TIME, names::OTEL_SYSTEM => system(label.backend), names::OTEL_POOL_NAME => label.pool)
+            .record(waited.as_secs_f64());
+    }
 }
 
 #[inline]
 pub(crate) fn acquire_timeout(label: PoolLabel) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::ACQUIRE_TIMEOUTS, "database" => label.backend.as_str(), "pool" => label.pool).increment(1);
+    {
+        metrics::counter!(names::ACQUIRE_TIMEOUTS, "database" => label.backend.as_str(), "pool" => label.pool).increment(1);
+        metrics::counter!(names::OTEL_TIMEOUTS, names::OTEL_SYSTEM => system(label.backend), names::OTEL_POOL_NAME => label.pool).increment(1);
+    }
 }
 
 /// A connection checked out at `since` came back at `now`. Takes the two
@@ -399,8 +496,13 @@ pub(crate) fn acquire_timeout(label: PoolLabel) {
 #[inline]
 pub(crate) fn released(label: PoolLabel, since: std::time::Instant, now: std::time::Instant) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::HOLD, "database" => label.backend.as_str(), "pool" => label.pool)
-        .record(now.saturating_duration_since(since).as_secs_f64());
+    {
+        let held = now.saturating_duration_since(since).as_secs_f64();
+        metrics::histogram!(names::HOLD, "database" => label.backend.as_str(), "pool" => label.pool)
+            .record(held);
+        metrics::histogram!(names::OTEL_USE_TIME, names::OTEL_SYSTEM => system(label.backend), names::OTEL_POOL_NAME => label.pool)
+            .record(held);
+    }
 }
 
 #[inline]
@@ -468,9 +570,15 @@ pub(crate) fn multiplex_waited(waited: Duration) {
 
 #[inline]
 #[cfg(feature = "metrics")]
-pub(crate) fn multiplex_statement(took: Duration) {
+pub(crate) fn multiplex_statement(took: Duration, operation: Option<&'static str>) {
     metrics::histogram!(names::MUX_STATEMENT, "database" => Backend::Postgres.as_str(), "pool" => PoolLabel::MULTIPLEX.pool)
         .record(took.as_secs_f64());
+    let pool = PoolLabel::MULTIPLEX.pool;
+    match operation {
+        Some(operation) => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql", names::OTEL_POOL_NAME => pool, "db.operation.name" => operation),
+        None => metrics::histogram!(names::OTEL_OPERATION_DURATION, names::OTEL_SYSTEM => "postgresql", names::OTEL_POOL_NAME => pool),
+    }
+    .record(took.as_secs_f64());
 }
 
 /// A read replica's last check: whether it takes checkouts, and its lag

@@ -12,6 +12,11 @@ use support::{Reading, TestDb, pg_config};
 
 const PG: (&str, &str) = ("database", "postgres");
 const MONGO: (&str, &str) = ("database", "mongodb");
+/// The labels of the OpenTelemetry-named series of the primary pool.
+const OTEL_PG: [(&str, &str); 2] = [
+    (names::OTEL_SYSTEM, "postgresql"),
+    (names::OTEL_POOL_NAME, "primary"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_metric_moves_as_the_scenario_predicts() {
@@ -40,6 +45,7 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     assert_eq!(start.counter(names::CREATED, &[PG]), 2);
     assert_eq!(start.histogram_count(names::CONNECT_TIME, &[PG]), 2);
     assert!(start.counter(names::CREATED, &[MONGO]) >= 2);
+    assert_eq!(start.histogram_count(names::OTEL_CREATE_TIME, &OTEL_PG), 2);
 
     // Five checkouts: five acquire waits and five hold times.
     for _ in 0..5 {
@@ -49,6 +55,12 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     let checkouts = Reading::take(&snapshotter);
     assert_eq!(checkouts.histogram_count(names::ACQUIRE_WAIT, &[PG]), 5);
     assert_eq!(checkouts.histogram_count(names::HOLD, &[PG]), 5);
+    // The same under OpenTelemetry's names, beside them.
+    assert_eq!(
+        checkouts.histogram_count(names::OTEL_WAIT_TIME, &OTEL_PG),
+        5
+    );
+    assert_eq!(checkouts.histogram_count(names::OTEL_USE_TIME, &OTEL_PG), 5);
 
     // A forced timeout: both connections held, a third caller gives up.
     let a = pool.get().await.unwrap();
@@ -63,6 +75,7 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     drop((a, b));
     let timeout = Reading::take(&snapshotter);
     assert_eq!(timeout.counter(names::ACQUIRE_TIMEOUTS, &[PG]), 1);
+    assert_eq!(timeout.counter(names::OTEL_TIMEOUTS, &OTEL_PG), 1);
     assert_eq!(timeout.counter(names::LEAKS, &[PG]), 2);
 
     // Connections past max_lifetime are closed by the maintenance task and
@@ -121,6 +134,43 @@ async fn each_metric_moves_as_the_scenario_predicts() {
     assert!(
         probes.gauge(names::POOL_MAX, &[MONGO]).is_some(),
         "MongoDB gauges move with pool events"
+    );
+    // The probe sampled the pool's gauges: under OpenTelemetry's names too,
+    // from the same status (idle + used = open).
+    assert_eq!(
+        probes.gauge(names::OTEL_CONNECTION_MAX, &OTEL_PG),
+        Some(2.0)
+    );
+    let state = |s| [OTEL_PG[0], OTEL_PG[1], (names::OTEL_STATE, s)];
+    let idle = probes.gauge(names::OTEL_CONNECTION_COUNT, &state("idle"));
+    let used = probes.gauge(names::OTEL_CONNECTION_COUNT, &state("used"));
+    assert_eq!(
+        probes.gauge(names::POOL_IDLE, &[PG, ("pool", "primary")]),
+        idle
+    );
+    assert_eq!(
+        probes.gauge(names::POOL_IN_USE, &[PG, ("pool", "primary")]),
+        used
+    );
+    assert!(
+        idle.is_some() && used.is_some(),
+        "idle {idle:?}, used {used:?}"
+    );
+    assert_eq!(
+        probes.gauge(names::OTEL_PENDING_REQUESTS, &OTEL_PG),
+        probes.gauge(names::POOL_WAITING, &[PG, ("pool", "primary")])
+    );
+    assert!(
+        probes
+            .gauge(
+                names::OTEL_CONNECTION_MAX,
+                &[
+                    (names::OTEL_SYSTEM, "mongodb"),
+                    (names::OTEL_POOL_NAME, "mongodb")
+                ]
+            )
+            .is_some(),
+        "MongoDB's pool under OpenTelemetry's names"
     );
 
     // Shutdown closes with reason "shutdown".

@@ -49,6 +49,18 @@ async fn the_multiplex_metrics_move_as_the_scenario_predicts() {
     let five = Reading::take(&snapshotter);
     assert_eq!(five.histogram_count(names::MUX_QUEUE_WAIT, LABELS), 5);
     assert_eq!(five.histogram_count(names::MUX_STATEMENT, LABELS), 5);
+    // And under OpenTelemetry's name, by the statement's first keyword.
+    assert_eq!(
+        five.histogram_count(
+            names::OTEL_OPERATION_DURATION,
+            &[
+                (names::OTEL_SYSTEM, "postgresql"),
+                (names::OTEL_POOL_NAME, "multiplex"),
+                ("db.operation.name", "SELECT")
+            ]
+        ),
+        5
+    );
     assert!(
         gauge_reaches(&snapshotter, names::MUX_OPEN, 2.0).await,
         "open connections gauge"

@@ -395,12 +395,27 @@ async fn every_pool_has_its_own_metric_series() {
         series(names::REPLICA_LAG, "replica-1"),
         "the replica's lag gauge"
     );
-    // No series lacks the pool label.
+    // No series lacks the pool label (OpenTelemetry's name for it on the
+    // series under OpenTelemetry's names).
     for (name, labels, _) in reading.entries() {
+        let key = if name.starts_with("db.client.") {
+            names::OTEL_POOL_NAME
+        } else {
+            "pool"
+        };
         assert!(
-            labels.iter().any(|(k, _)| k == "pool"),
+            labels.iter().any(|(k, _)| k == key),
             "{name} {labels:?} has a pool label"
         );
     }
+    assert!(
+        reading
+            .find(
+                names::OTEL_WAIT_TIME,
+                &[(names::OTEL_POOL_NAME, "replica-1")]
+            )
+            .is_some(),
+        "the replica's wait time under OpenTelemetry's name"
+    );
     db.shutdown().await.unwrap();
 }

@@ -38,6 +38,7 @@ LAYERS = {
     "retry": 2,
     "metrics": 3,
     "health": 3,
+    "spans": 3,
     "postgres": 4,
     "mongo": 4,
     "manager": 5,

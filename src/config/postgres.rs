@@ -89,6 +89,11 @@ pub struct PostgresConfig {
     pub replicas: PostgresReplicasConfig,
     /// The managed LISTEN connection (`db.postgres()?.listener()`).
     pub listener: PostgresListenerConfig,
+    /// Whether spans of statements the crate runs for callers (the
+    /// multiplexed handle) carry the SQL text as `db.query.text`. The text
+    /// only, never parameters; off by default because SQL written with
+    /// literals can hold personal data. Default: `false`.
+    pub trace_query_text: bool,
 }
 
 impl Default for PostgresConfig {
@@ -111,6 +116,7 @@ impl Default for PostgresConfig {
             multiplex: PostgresMultiplexConfig::default(),
             replicas: PostgresReplicasConfig::default(),
             listener: PostgresListenerConfig::default(),
+            trace_query_text: false,
         }
     }
 }

@@ -364,6 +364,40 @@ impl Error {
         }
     }
 
+    /// The variant's name in snake_case: the `kind` of an HTTP error body
+    /// and a span's `error.type` when there is no SQLSTATE. An
+    /// exhaustive match, so a new variant cannot ship without a name here.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::ConfigFile { .. } => "config_file",
+            Error::NotConfigured { .. } => "not_configured",
+            Error::Connect { .. } => "connect",
+            Error::CredentialProvider { .. } => "credential_provider",
+            Error::PoolTimeout { .. } => "pool_timeout",
+            Error::ShuttingDown { .. } => "shutting_down",
+            Error::Startup { .. } => "startup",
+            Error::Timeout { .. } => "timeout",
+            Error::Hook { .. } => "hook",
+            #[cfg(feature = "postgres")]
+            Error::Postgres { .. } => "postgres",
+            #[cfg(feature = "mongodb")]
+            Error::Mongo { .. } => "mongo",
+            #[cfg(feature = "mongodb")]
+            Error::IndexConflict { .. } => "index_conflict",
+            #[cfg(feature = "migrate")]
+            Error::Migrate(_) => "migrate",
+            Error::TransactionRetriesExhausted { .. } => "transaction_retries_exhausted",
+            Error::CommitOutcomeUnknown { .. } => "commit_outcome_unknown",
+            Error::Aborted { .. } => "aborted",
+            Error::SessionRequired { .. } => "session_required",
+            Error::NoReplica { .. } => "no_replica",
+            Error::Privilege { .. } => "privilege",
+            Error::TransactionRolledBack { .. } => "transaction_rolled_back",
+            Error::InvalidChannel { .. } => "invalid_channel",
+        }
+    }
+
     /// The SQLSTATE code of a PostgreSQL failure, when there is one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

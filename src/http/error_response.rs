@@ -91,37 +91,9 @@ fn unavailable(error: &Error) -> bool {
     ) || error.is_transient()
 }
 
-/// The variant's name in snake_case: the `kind` of an error body. An
-/// exhaustive match, so a new variant cannot ship without a name here.
+/// The variant's name in snake_case: the `kind` of an error body.
 fn kind(error: &Error) -> &'static str {
-    match error {
-        Error::Config { .. } => "config",
-        Error::ConfigFile { .. } => "config_file",
-        Error::NotConfigured { .. } => "not_configured",
-        Error::Connect { .. } => "connect",
-        Error::CredentialProvider { .. } => "credential_provider",
-        Error::PoolTimeout { .. } => "pool_timeout",
-        Error::ShuttingDown { .. } => "shutting_down",
-        Error::Startup { .. } => "startup",
-        Error::Timeout { .. } => "timeout",
-        Error::Hook { .. } => "hook",
-        #[cfg(feature = "postgres")]
-        Error::Postgres { .. } => "postgres",
-        #[cfg(feature = "mongodb")]
-        Error::Mongo { .. } => "mongo",
-        #[cfg(feature = "mongodb")]
-        Error::IndexConflict { .. } => "index_conflict",
-        #[cfg(feature = "migrate")]
-        Error::Migrate(_) => "migrate",
-        Error::TransactionRetriesExhausted { .. } => "transaction_retries_exhausted",
-        Error::CommitOutcomeUnknown { .. } => "commit_outcome_unknown",
-        Error::Aborted { .. } => "aborted",
-        Error::SessionRequired { .. } => "session_required",
-        Error::NoReplica { .. } => "no_replica",
-        Error::Privilege { .. } => "privilege",
-        Error::TransactionRolledBack { .. } => "transaction_rolled_back",
-        Error::InvalidChannel { .. } => "invalid_channel",
-    }
+    error.kind()
 }
 
 /// What a client is told: a fixed sentence per variant, with only what the

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio_postgres::Client;
-use tracing::Instrument;
 
 use super::error::{MigrateError, list};
 use super::migrator::{Migrator, Session};
@@ -168,13 +167,14 @@ impl Migrator<'_> {
                 "is empty: leave it out to use the search_path",
             ));
         }
-        let span = tracing::info_span!("dbmanager.migrate", operation = "adopt", from = from.name(), table, database = %self.pool.database());
-        async {
+        let span = super::spans::operation(&self.pool, "adopt");
+        span.record("from", from.name());
+        span.record("table", table);
+        super::spans::traced(span, async {
             let session = self.session().await?;
             let result = self.adopt_locked(&session, from, schema, table).await;
             session.finish(result).await
-        }
-        .instrument(span)
+        })
         .await
     }
 

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::Instrument;
-
 use super::apply;
 use super::error::MigrateError;
 use super::history::{AppliedRow, HistoryTable};
@@ -248,14 +246,13 @@ impl<'a> Migrator<'a> {
     }
 
     async fn run_up(&self, target: Option<i64>) -> Result<MigrateReport> {
-        let span = tracing::info_span!("dbmanager.migrate", operation = "up", database = %self.pool.database());
-        async {
+        let span = super::spans::operation(&self.pool, "up");
+        super::spans::traced(span, async {
             let started = Instant::now();
             let session = self.session().await?;
             let result = self.up_locked(&session, target, started).await;
             session.finish(result).await
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -349,6 +346,21 @@ impl<'a> Migrator<'a> {
         session: &Session,
         migration: &Migration,
         direction: Direction,
+        place: (usize, usize),
+    ) -> Result<MigrationRun> {
+        let span = super::spans::migration(&self.pool, migration, direction, place);
+        super::spans::traced(
+            span,
+            self.run_one_within(session, migration, direction, place),
+        )
+        .await
+    }
+
+    async fn run_one_within(
+        &self,
+        session: &Session,
+        migration: &Migration,
+        direction: Direction,
         (index, total): (usize, usize),
     ) -> Result<MigrationRun> {
         let verb = match direction {
@@ -431,14 +443,13 @@ impl<'a> Migrator<'a> {
     }
 
     async fn run_down(&self, revert: Revert) -> Result<MigrateReport> {
-        let span = tracing::info_span!("dbmanager.migrate", operation = "down", database = %self.pool.database());
-        async {
+        let span = super::spans::operation(&self.pool, "down");
+        super::spans::traced(span, async {
             let started = Instant::now();
             let session = self.session().await?;
             let result = self.down_locked(&session, revert, started).await;
             session.finish(result).await
-        }
-        .instrument(span)
+        })
         .await
     }
 

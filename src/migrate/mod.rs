@@ -57,6 +57,7 @@ mod migrator;
 mod repair;
 mod report;
 mod source;
+mod spans;
 mod split;
 mod status;
 

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use super::error::MigrateError;
 use super::migrator::{Migrator, Session};
 use super::report::RepairReport;
@@ -21,13 +19,12 @@ impl Migrator<'_> {
     ///
     /// [`MigrateError::LockTimeout`]; pool, connection and query errors.
     pub async fn repair(&self) -> Result<RepairReport> {
-        let span = tracing::info_span!("dbmanager.migrate", operation = "repair", database = %self.pool.database());
-        async {
+        let span = super::spans::operation(&self.pool, "repair");
+        super::spans::traced(span, async {
             let session = self.session().await?;
             let result = self.repair_locked(&session).await;
             session.finish(result).await
-        }
-        .instrument(span)
+        })
         .await
     }
 
@@ -44,13 +41,12 @@ impl Migrator<'_> {
         if version != 0 && self.migrations.get(version).is_none() {
             return Err(MigrateError::UnknownVersion { version }.into());
         }
-        let span = tracing::info_span!("dbmanager.migrate", operation = "stamp", database = %self.pool.database());
-        async {
+        let span = super::spans::operation(&self.pool, "stamp");
+        super::spans::traced(span, async {
             let session = self.session().await?;
             let result = self.stamp_locked(&session, version).await;
             session.finish(result).await
-        }
-        .instrument(span)
+        })
         .await
     }
 

@@ -17,6 +17,8 @@ use crate::TxFuture;
 use crate::error::{Backend, Error, Result};
 use crate::metrics::{self, PoolLabel, TransactionEnd};
 use crate::retry::{Jitter, RetryPolicy};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 /// MaxTimeMSExpired: a commit that timed out on the server is not retried
 /// (the specification's exception to retrying unknown commit results).
@@ -225,86 +227,175 @@ impl MongoHandle {
             .unwrap_or_else(TransactionOptions::default_retry);
         let mut backoff = policy.backoff();
         let mut attempt = 0u32;
-        'attempts: loop {
+        loop {
             attempt += 1;
             metrics::transaction_attempt(label);
-            let mut commit_unknown = false;
-            session
-                .start_transaction()
-                .with_options(options.driver.clone())
-                .await
-                .map_err(|e| Error::mongo("starting a transaction", e))?;
-            let value = match AssertUnwindSafe(work(&mut session)).catch_unwind().await {
-                Ok(Ok(value)) => value,
-                Ok(Err(error)) => {
-                    // Ignored: a transaction the server already aborted
-                    // cannot be aborted again, and a failed abort leaves
-                    // it to time out on the server.
-                    let _ = session.abort_transaction().await;
-                    if !has_label(&error, TRANSIENT_TRANSACTION_ERROR) {
-                        return Err(error);
+            let span = self.attempt_span(attempt);
+            let step = self
+                .attempt(&mut session, &options, &mut work, &mut backoff, attempt)
+                .instrument(span.clone())
+                .await;
+            if !span.is_disabled() {
+                let (outcome, operation, error) = match &step {
+                    Step::Done(Ok(_)) => ("committed", "commitTransaction", None),
+                    Step::Done(Err(error @ Error::TransactionRetriesExhausted { .. })) => {
+                        ("exhausted", "abortTransaction", Some(error))
                     }
-                    match backoff.next() {
-                        Some(delay) => {
-                            metrics::transaction_rerun(label, "transient");
-                            tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient transaction error; running the transaction again");
-                            tokio::time::sleep(delay).await;
-                            continue 'attempts;
-                        }
-                        None => return Err(exhausted(attempt, error)),
-                    }
-                }
-                Err(panic) => {
-                    let _ = session.abort_transaction().await;
-                    std::panic::resume_unwind(panic);
-                }
-            };
-            loop {
-                let error = match session.commit_transaction().await {
-                    Ok(()) => {
-                        if commit_unknown {
-                            metrics::commit_outcome(label, "committed");
-                        }
-                        return Ok(value);
-                    }
-                    Err(e) => e,
+                    Step::Done(Err(error)) => ("failed", "abortTransaction", Some(error)),
+                    Step::Rerun(_, error) => ("rerun", "abortTransaction", Some(error)),
                 };
-                let unknown = error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-                    && !is_max_time_expired(&error);
-                let transient = error.contains_label(TRANSIENT_TRANSACTION_ERROR);
-                let delay = backoff.next();
-                match (delay, unknown, transient) {
-                    (Some(delay), true, _) => {
-                        commit_unknown = true;
-                        metrics::transaction_rerun(label, "commit_unknown");
-                        tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "commit result unknown; committing again");
-                        tokio::time::sleep(delay).await;
-                    }
-                    (Some(delay), false, true) => {
-                        metrics::transaction_rerun(label, "transient");
-                        tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient commit error; running the transaction again");
-                        tokio::time::sleep(delay).await;
-                        continue 'attempts;
-                    }
-                    (None, true, _) => {
-                        metrics::commit_outcome(label, "unknown");
-                        return Err(Error::CommitOutcomeUnknown {
-                            backend: Backend::Mongodb,
-                            attempt,
-                            reason: crate::config::scrub(&error.to_string(), &self.shared.secrets),
-                        });
-                    }
-                    (None, false, true) => {
-                        return Err(exhausted(
-                            attempt,
-                            Error::mongo("committing a transaction", error),
-                        ));
-                    }
-                    (_, false, false) => {
-                        return Err(Error::mongo("committing a transaction", error));
+                span.record("dbmanager.transaction.outcome", outcome);
+                span.record("db.operation.name", operation);
+                if let Some(error) = error {
+                    crate::spans::record_error(&span, error);
+                    if let Some(code) = server_code(error) {
+                        span.record("db.response.status_code", code.as_str());
+                        span.record("error.type", code.as_str());
                     }
                 }
             }
+            // The attempt ends here: its span does not cover the pause.
+            drop(span);
+            match step {
+                Step::Done(result) => return result,
+                Step::Rerun(delay, _) => tokio::time::sleep(delay).await,
+            }
         }
+    }
+
+    /// The client span of one attempt (`dbmanager.transaction`): its
+    /// number, how it ended (`commitTransaction` or `abortTransaction`,
+    /// `dbmanager.transaction.outcome`) and the server's error code of a
+    /// failure.
+    fn attempt_span(&self, attempt: u32) -> Span {
+        tracing::info_span!(
+            target: "dbmanager::mongo",
+            "dbmanager.transaction",
+            otel.name = "transaction",
+            otel.kind = "client",
+            db.system.name = crate::spans::MONGODB,
+            db.namespace = %self.database,
+            db.operation.name = Empty,
+            dbmanager.transaction.attempt = attempt,
+            dbmanager.transaction.outcome = Empty,
+            error.type = Empty,
+            db.response.status_code = Empty,
+            otel.status_code = Empty,
+        )
+    }
+
+    /// One attempt: the closure in a transaction, then the commit (retried
+    /// while its result is unknown). A rerun comes back with its delay.
+    async fn attempt<'a, T, F>(
+        &self,
+        session: &mut ClientSession,
+        options: &TransactionOptions,
+        work: &mut F,
+        backoff: &mut crate::retry::Backoff,
+        attempt: u32,
+    ) -> Step<T>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> TxFuture<'a, 's, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let label = PoolLabel::MONGODB;
+        let mut commit_unknown = false;
+        if let Err(e) = session
+            .start_transaction()
+            .with_options(options.driver.clone())
+            .await
+        {
+            return Step::Done(Err(Error::mongo("starting a transaction", e)));
+        }
+        let value = match AssertUnwindSafe(work(session)).catch_unwind().await {
+            Ok(Ok(value)) => value,
+            Ok(Err(error)) => {
+                // Ignored: a transaction the server already aborted
+                // cannot be aborted again, and a failed abort leaves
+                // it to time out on the server.
+                let _ = session.abort_transaction().await;
+                if !has_label(&error, TRANSIENT_TRANSACTION_ERROR) {
+                    return Step::Done(Err(error));
+                }
+                return match backoff.next() {
+                    Some(delay) => {
+                        metrics::transaction_rerun(label, "transient");
+                        tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient transaction error; running the transaction again");
+                        Step::Rerun(delay, error)
+                    }
+                    None => Step::Done(Err(exhausted(attempt, error))),
+                };
+            }
+            Err(panic) => {
+                let _ = session.abort_transaction().await;
+                std::panic::resume_unwind(panic);
+            }
+        };
+        loop {
+            let error = match session.commit_transaction().await {
+                Ok(()) => {
+                    if commit_unknown {
+                        metrics::commit_outcome(label, "committed");
+                    }
+                    return Step::Done(Ok(value));
+                }
+                Err(e) => e,
+            };
+            let unknown = error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                && !is_max_time_expired(&error);
+            let transient = error.contains_label(TRANSIENT_TRANSACTION_ERROR);
+            let delay = backoff.next();
+            match (delay, unknown, transient) {
+                (Some(delay), true, _) => {
+                    commit_unknown = true;
+                    metrics::transaction_rerun(label, "commit_unknown");
+                    tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "commit result unknown; committing again");
+                    tokio::time::sleep(delay).await;
+                }
+                (Some(delay), false, true) => {
+                    metrics::transaction_rerun(label, "transient");
+                    tracing::info!(target: "dbmanager::mongo", attempt, error = %error, "transient commit error; running the transaction again");
+                    return Step::Rerun(delay, Error::mongo("committing a transaction", error));
+                }
+                (None, true, _) => {
+                    metrics::commit_outcome(label, "unknown");
+                    return Step::Done(Err(Error::CommitOutcomeUnknown {
+                        backend: Backend::Mongodb,
+                        attempt,
+                        reason: crate::config::scrub(&error.to_string(), &self.shared.secrets),
+                    }));
+                }
+                (None, false, true) => {
+                    return Step::Done(Err(exhausted(
+                        attempt,
+                        Error::mongo("committing a transaction", error),
+                    )));
+                }
+                (_, false, false) => {
+                    return Step::Done(Err(Error::mongo("committing a transaction", error)));
+                }
+            }
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Step<T> {
+    /// Committed, or failed for good.
+    Done(Result<T>),
+    /// Rolled back by a transient error: run again after the delay.
+    Rerun(Duration, Error),
+}
+
+/// The server's error code of a MongoDB failure (112 for a write
+/// conflict), as the conventions' `db.response.status_code`.
+fn server_code(error: &Error) -> Option<String> {
+    let error = match error {
+        Error::TransactionRetriesExhausted { last, .. } => last.mongo_error(),
+        other => other.mongo_error(),
+    }?;
+    match error.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(command) => Some(command.code.to_string()),
+        _ => None,
     }
 }

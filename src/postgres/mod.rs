@@ -1,6 +1,7 @@
 //! The PostgreSQL side: a deadpool pool of tokio-postgres connections with
 //! lifetimes, idle reaping, warm-up, hooks, leak detection and drain.
 
+mod acquire;
 #[cfg(feature = "tls")]
 mod channel_binding;
 mod connect;

@@ -4,31 +4,32 @@ use std::future::Future;
 use std::panic::Location;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use deadpool::managed::{Pool, Timeouts};
 use tokio::task::JoinHandle;
 
-use super::connect::{create_timeout, driver_config};
+use super::connect::driver_config;
 use super::connection::PooledConnection;
 use super::hooks::Hooks;
 use super::maintenance;
-use super::recycler::{Checked, PgManager, check_out, idle_for};
+use super::recycler::PgManager;
 use super::replicas::{ReadReplicas, ReplicaSet};
 use super::shared::{Endpoint, Shared};
 use crate::config::{PostgresConfig, QueueMode, ReplicaFallback, url::ConnectionString};
 use crate::error::{Backend, Error, Result};
-use crate::metrics::{self, CloseReason, PoolLabel};
+use crate::metrics::{CloseReason, PoolLabel};
 use crate::pool_status::PoolStatus;
+use crate::spans::Peer;
 
 /// The PostgreSQL connection pool of a [`crate::DatabaseManager`].
 ///
 /// A cheap `Clone` handle. Get one with `db.postgres()?`.
 #[derive(Clone)]
 pub struct PostgresPool {
-    pool: Pool<PgManager>,
-    shared: Arc<Shared>,
+    pub(super) pool: Pool<PgManager>,
+    pub(super) shared: Arc<Shared>,
     maintenance: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Statements pipelined over connections of its own (multiplex/).
     pub(super) multiplexed: super::multiplex::Multiplexed,
@@ -151,12 +152,15 @@ impl PostgresPool {
         let max_size = settings.max_size;
         let require_writable = driver.config.get_target_session_attrs()
             == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        let peer = peer_of(&driver.config, &database);
         let endpoint = Endpoint {
             label,
             target,
             database,
             secrets,
             require_writable,
+            peer,
+            trace_query_text: config.trace_query_text,
         };
         let shared = Arc::new(Shared::new(
             endpoint,
@@ -246,254 +250,6 @@ impl PostgresPool {
         self.acquire(caller, Some(wait))
     }
 
-    pub(super) async fn acquire(
-        &self,
-        caller: &'static Location<'static>,
-        wait: Option<Duration>,
-    ) -> Result<PooledConnection> {
-        let shared = &self.shared;
-        if shared.is_draining() {
-            return Err(Error::ShuttingDown {
-                backend: Backend::Postgres,
-            });
-        }
-        let wait = wait.unwrap_or(shared.settings.wait_timeout);
-        // When this acquire began, read only once something can take time
-        // (queueing, a round-trip check, a hook, a retry): a checkout that
-        // finds a free, healthy connection reads no clock of its own, and
-        // deadpool stamps the checkout itself. The instants before the first
-        // reading are a few hundred nanoseconds of in-memory work.
-        let mut started: Option<Instant> = None;
-        let mut rejected_by_hook = 0usize;
-        let (object, checked_out_at) = loop {
-            let mut object = InCheckout(Some(self.checkout(&mut started, wait).await?));
-            let metrics = Object::metrics(object.get());
-            let reused = metrics.recycle_count > 0;
-            let mut at = metrics.recycled.unwrap_or(metrics.created);
-            if !reused && started.is_none() {
-                // Opened by this checkout: it waited for the connect.
-                started = Some(object.get().opening_began);
-            }
-            let budget = started.map_or(wait, |s| wait.saturating_sub(s.elapsed()));
-            let verified = match check_out(object.get_mut(), reused, at, budget).await {
-                Checked::Usable { verified } => verified,
-                checked => {
-                    let began = *started.get_or_insert(at);
-                    object.close();
-                    if checked == Checked::Unresponsive {
-                        self.evict_unproven();
-                    }
-                    // Each discarded connection may have cost a check of up
-                    // to `recycle_timeout`; the caller's budget is `wait`
-                    // for all of them together (a black-holed network can
-                    // leave every idle connection looking open).
-                    if checked == Checked::OutOfTime || began.elapsed() >= wait {
-                        return Err(self.pool_error(PoolError::Timeout(TimeoutType::Wait), began));
-                    }
-                    continue;
-                }
-            };
-            if verified {
-                started.get_or_insert(at);
-                at = Instant::now();
-            }
-            let Some(hook) = &shared.hooks.on_checkout else {
-                break (object.keep(), at);
-            };
-            let began = *started.get_or_insert(at);
-            let budget = wait.saturating_sub(began.elapsed());
-            let (reason, give_up) = match tokio::time::timeout(
-                budget,
-                hook.call(&object.get().client),
-            )
-            .await
-            {
-                Ok(Ok(())) => break (object.keep(), Instant::now()),
-                // Cut off mid-hook: the connection is in an unknown state.
-                Err(_) => (
-                    format!("did not finish within the wait timeout ({wait:?})"),
-                    true,
-                ),
-                Ok(Err(e)) => {
-                    rejected_by_hook += 1;
-                    let error = crate::config::scrub(&e.to_string(), &shared.secrets);
-                    tracing::warn!(target: "dbmanager::postgres", error = %error, "on_checkout hook failed; discarding the connection and trying another");
-                    (
-                        error,
-                        rejected_by_hook > shared.settings.max_size || began.elapsed() >= wait,
-                    )
-                }
-            };
-            shared.closed(CloseReason::Hook, 1);
-            object.close();
-            if give_up {
-                return Err(Error::Hook {
-                    hook: "on_checkout",
-                    reason,
-                });
-            }
-        };
-        shared.checked_out.fetch_add(1, Ordering::AcqRel);
-        let connection = PooledConnection::new(object, checked_out_at, caller);
-        if shared.is_draining() {
-            // Shutdown began while this caller waited: hand nothing out.
-            drop(connection);
-            return Err(Error::ShuttingDown {
-                backend: Backend::Postgres,
-            });
-        }
-        let waited = started.map_or(Duration::ZERO, |s| {
-            checked_out_at.saturating_duration_since(s)
-        });
-        metrics::acquired(shared.label, waited);
-        if shared
-            .settings
-            .slow_acquire_threshold
-            .is_some_and(|t| waited >= t)
-        {
-            tracing::warn!(
-                target: "dbmanager::postgres",
-                waited_ms = waited.as_millis() as u64,
-                pool = %self.status(),
-                acquired_at = %caller,
-                "slow connection acquire"
-            );
-        }
-        Ok(connection)
-    }
-
-    /// After a connection stopped answering its check (a vanished peer, a
-    /// failover), the other idle connections that have not proved
-    /// themselves recently are closed too, instead of being checked one
-    /// after another at a `recycle_timeout` each: callers open fresh
-    /// connections instead. Connections used within `verify_after_idle`
-    /// answered then and stay.
-    fn evict_unproven(&self) {
-        let now = Instant::now();
-        let proven_within = self.shared.settings.verify_after_idle;
-        let mut evicted = 0u64;
-        let removed = self.pool.retain(|conn, _| {
-            let keep = idle_for(conn, now) < proven_within;
-            evicted += u64::from(!keep);
-            keep
-        });
-        drop(removed.removed);
-        self.shared.closed(CloseReason::Broken, evicted);
-        if evicted > 0 {
-            tracing::warn!(target: "dbmanager::postgres", evicted, "a connection stopped answering its check; closed the idle connections not used recently");
-        }
-    }
-
-    /// One deadpool checkout: first without queueing, which sets no timer
-    /// (the common case: a connection is free), then queued for what is
-    /// left of `wait` since `started` (read here if it was not yet). The
-    /// semaphore is fair, so the first try never takes a connection ahead
-    /// of callers already queued.
-    async fn checkout(
-        &self,
-        started: &mut Option<Instant>,
-        wait: Duration,
-    ) -> Result<Object<PgManager>> {
-        let configured = self.pool.timeouts();
-        // Opening a connection counts against the caller's wait as well: a
-        // handshake that stalls (a proxy whose upstream is gone) must not
-        // hold the caller for the whole create timeout.
-        let left = started.map_or(wait, |began| wait.saturating_sub(began.elapsed()));
-        let free_now = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: bounded(configured.create, left),
-            ..configured
-        };
-        match self.pool.timeout_get(&free_now).await {
-            Err(PoolError::Timeout(TimeoutType::Wait)) => {}
-            Ok(object) => return Ok(object),
-            Err(e) => {
-                // No clock was read before: a create that timed out used
-                // its whole budget.
-                let began = started.unwrap_or_else(|| {
-                    let now = Instant::now();
-                    now.checked_sub(left).unwrap_or(now)
-                });
-                return Err(self.create_error(e, began, configured.create, left));
-            }
-        }
-        let remaining = match *started {
-            Some(began) => wait.saturating_sub(began.elapsed()),
-            None => {
-                *started = Some(Instant::now());
-                wait
-            }
-        };
-        let queued = Timeouts {
-            wait: Some(remaining),
-            create: bounded(configured.create, remaining),
-            ..configured
-        };
-        let began = started.expect("set above");
-        self.pool
-            .timeout_get(&queued)
-            .await
-            .map_err(|e| self.create_error(e, began, configured.create, remaining))
-    }
-
-    /// A create timeout cut short by the caller's wait is the caller's
-    /// timeout ([`Error::PoolTimeout`] with the pool's status); any other
-    /// error as [`PostgresPool::pool_error`] reports it.
-    fn create_error(
-        &self,
-        error: PoolError<Error>,
-        began: Instant,
-        configured: Option<Duration>,
-        budget: Duration,
-    ) -> Error {
-        let cut_by_wait = configured.is_none_or(|create| budget < create);
-        match error {
-            PoolError::Timeout(TimeoutType::Create) if cut_by_wait => {
-                self.pool_error(PoolError::Timeout(TimeoutType::Wait), began)
-            }
-            other => self.pool_error(other, began),
-        }
-    }
-
-    fn pool_error(&self, error: PoolError<Error>, started: Instant) -> Error {
-        match error {
-            PoolError::Timeout(TimeoutType::Wait) => {
-                let status = self.status();
-                self.shared
-                    .counters
-                    .acquire_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                metrics::acquire_timeout(self.shared.label);
-                tracing::warn!(target: "dbmanager::postgres", pool = %status, "timed out waiting for a connection");
-                Error::PoolTimeout {
-                    backend: Backend::Postgres,
-                    waited: started.elapsed(),
-                    status,
-                }
-            }
-            PoolError::Timeout(TimeoutType::Create) => {
-                let error = create_timeout(
-                    &self.shared.target,
-                    self.pool.timeouts().create.unwrap_or_default(),
-                );
-                metrics::connect_failed(self.shared.label, &error);
-                error
-            }
-            PoolError::Timeout(TimeoutType::Recycle) => Error::Timeout {
-                what: "checking a pooled connection",
-                after: self.shared.settings.recycle_timeout,
-            },
-            PoolError::Backend(e) => e,
-            PoolError::Closed => Error::ShuttingDown {
-                backend: Backend::Postgres,
-            },
-            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => Error::Timeout {
-                what: "opening a connection",
-                after: started.elapsed(),
-            },
-        }
-    }
-
     /// The pool right now: the same figures as the `dbmanager_pool_*`
     /// gauges.
     pub fn status(&self) -> PoolStatus {
@@ -535,6 +291,12 @@ impl PostgresPool {
     /// Where the pool connects, without credentials (`user@host:port/db`).
     pub fn target(&self) -> &str {
         &self.shared.target
+    }
+
+    /// The database and server spans of this pool name.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.shared.peer
     }
 
     /// `postgres.statement_cache`, for the crate's own statements.
@@ -648,46 +410,25 @@ impl std::fmt::Debug for PostgresPool {
     }
 }
 
-/// The create timeout for one checkout: the configured one, or what is
-/// left of the caller's wait when that is shorter.
-fn bounded(create: Option<Duration>, left: Duration) -> Option<Duration> {
-    Some(create.map_or(left, |create| create.min(left)))
-}
-
-/// A connection between deadpool's checkout and the caller, while it is
-/// checked and passes `on_checkout`. If the caller's future is dropped
-/// meanwhile (a timeout around `get()`, a health probe giving up), the
-/// connection may be mid-check or mid-hook, in an unknown state: it is
-/// closed instead of going back to the pool.
-struct InCheckout(Option<Object<PgManager>>);
-
-impl InCheckout {
-    fn get(&self) -> &Object<PgManager> {
-        self.0.as_ref().expect("present until kept or closed")
-    }
-
-    fn get_mut(&mut self) -> &mut Object<PgManager> {
-        self.0.as_mut().expect("present until kept or closed")
-    }
-
-    /// It passed: the caller takes it.
-    fn keep(mut self) -> Object<PgManager> {
-        self.0.take().expect("present until kept or closed")
-    }
-
-    /// Closes it; the caller has counted why.
-    fn close(mut self) {
-        if let Some(object) = self.0.take() {
-            drop(Object::take(object));
-        }
-    }
-}
-
-impl Drop for InCheckout {
-    fn drop(&mut self) {
-        if let Some(object) = self.0.take() {
-            object.shared.closed(CloseReason::Discarded, 1);
-            drop(Object::take(object));
-        }
+/// The database and first server of a connection configuration, for spans:
+/// a multi-host URL names its first host (a connect attempt's own span
+/// names the host it tried).
+pub(super) fn peer_of(config: &tokio_postgres::Config, database: &str) -> Peer {
+    use tokio_postgres::config::Host;
+    let address = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        None => String::new(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(crate::config::libpq::DEFAULT_PORT);
+    Peer {
+        namespace: database.to_string(),
+        address,
+        port,
     }
 }

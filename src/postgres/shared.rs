@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use super::hooks::Hooks;
 use crate::config::{PostgresPoolConfig, StatementCache};
 use crate::metrics::{self, CloseReason, PoolLabel};
+use crate::spans::Peer;
 
 /// Counters of a pool's life, readable without locks.
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     pub secrets: Vec<String>,
     /// The URL asks for a writable server (`target_session_attrs=read-write`).
     pub require_writable: bool,
+    /// The database and server its spans name (`db.namespace`, ...).
+    pub peer: Peer,
+    /// `postgres.trace_query_text`.
+    pub trace_query_text: bool,
     /// Set when shutdown begins: no new checkouts.
     pub draining: AtomicBool,
     /// Connections checked out by callers right now.
@@ -78,6 +83,8 @@ pub(crate) struct Endpoint {
     pub database: String,
     pub secrets: Vec<String>,
     pub require_writable: bool,
+    pub peer: Peer,
+    pub trace_query_text: bool,
 }
 
 impl Shared {
@@ -93,6 +100,8 @@ impl Shared {
             database,
             secrets,
             require_writable,
+            peer,
+            trace_query_text,
         } = endpoint;
         Shared {
             label,
@@ -103,6 +112,8 @@ impl Shared {
             database,
             secrets,
             require_writable,
+            peer,
+            trace_query_text,
             draining: AtomicBool::new(false),
             checked_out: AtomicUsize::new(0),
             returned: Notify::new(),

@@ -18,6 +18,9 @@ use crate::TxFuture;
 use crate::error::{Backend, Error, Result, describe_postgres};
 use crate::metrics::{self, TransactionEnd};
 use crate::retry::{Jitter, RetryPolicy};
+use crate::spans;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 /// How [`PostgresPool::transaction_with`] runs a transaction: isolation
 /// level, access mode, deferrability and retry.
@@ -329,7 +332,13 @@ impl PostgresPool {
         loop {
             attempt += 1;
             metrics::transaction_attempt(label);
-            let error = match self.attempt(options, work, caller).await {
+            let span = self.attempt_span(attempt, caller);
+            let outcome = self
+                .attempt(options, work, caller)
+                .instrument(span.clone())
+                .await;
+            record_attempt(&span, &outcome);
+            let error = match outcome {
                 Attempt::Committed(value) => return Ok(value),
                 Attempt::Fail(error) => return Err(error),
                 Attempt::Retry(error) => error,
@@ -346,6 +355,10 @@ impl PostgresPool {
                         .await
                     {
                         Ok(resolved) => {
+                            span.record(
+                                "dbmanager.transaction.commit_resolved",
+                                resolved.as_label(),
+                            );
                             metrics::commit_outcome(label, resolved.as_label());
                             tracing::info!(
                                 target: "dbmanager::postgres",
@@ -371,6 +384,7 @@ impl PostgresPool {
                 }
             };
             let Some(delay) = backoff.next() else {
+                span.record("dbmanager.transaction.outcome", "exhausted");
                 metrics::transaction_exhausted(label);
                 return Err(Error::TransactionRetriesExhausted {
                     backend: Backend::Postgres,
@@ -378,6 +392,7 @@ impl PostgresPool {
                     last: Box::new(error),
                 });
             };
+            span.record("dbmanager.transaction.outcome", "rerun");
             metrics::transaction_rerun(label, rerun_reason(&error));
             tracing::info!(
                 target: "dbmanager::postgres",
@@ -387,8 +402,35 @@ impl PostgresPool {
                 error = %error,
                 "transaction rolled back; running it again"
             );
+            // The attempt ends here: its span does not cover the pause.
+            drop(span);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The span of one attempt, exported as `transaction`: a client span
+    /// (BEGIN .. COMMIT or ROLLBACK are round trips to the server).
+    fn attempt_span(&self, attempt: u32, caller: &'static Location<'static>) -> Span {
+        let peer = &self.shared.peer;
+        tracing::info_span!(
+            target: "dbmanager::postgres",
+            "dbmanager.transaction",
+            otel.name = "transaction",
+            otel.kind = "client",
+            db.system.name = spans::POSTGRESQL,
+            db.namespace = %peer.namespace,
+            server.address = %peer.address,
+            server.port = peer.port,
+            db.operation.name = Empty,
+            dbmanager.transaction.attempt = attempt,
+            dbmanager.transaction.outcome = Empty,
+            dbmanager.transaction.commit_resolved = Empty,
+            code.file.path = caller.file(),
+            code.line.number = caller.line(),
+            error.type = Empty,
+            db.response.status_code = Empty,
+            otel.status_code = Empty,
+        )
     }
 
     async fn attempt<'a, T, F>(
@@ -561,6 +603,35 @@ impl PostgresPool {
                 "the server still reports it in progress or did not answer",
             )),
         }
+    }
+}
+
+/// What one attempt ended with, on its span: `db.operation.name` (the
+/// `COMMIT` or `ROLLBACK` that ended it), `dbmanager.transaction.outcome`
+/// (`committed`, `failed`, `commit_lost`; a retryable failure's is
+/// recorded once known whether it runs again: `rerun` or `exhausted`) and,
+/// for a failure, its SQLSTATE (a rerun's 40001 or 40P01) and `error.type`.
+fn record_attempt<T>(span: &Span, outcome: &Attempt<T>) {
+    if span.is_disabled() {
+        return;
+    }
+    let (operation, label, error) = match outcome {
+        Attempt::Committed(_) => ("COMMIT", Some("committed"), None),
+        Attempt::Retry(error) => ("ROLLBACK", None, Some(error)),
+        Attempt::Fail(error) => ("ROLLBACK", Some("failed"), Some(error)),
+        Attempt::CommitLost { .. } => ("COMMIT", Some("commit_lost"), None),
+    };
+    span.record("db.operation.name", operation);
+    if let Some(label) = label {
+        span.record("dbmanager.transaction.outcome", label);
+    }
+    match (error, outcome) {
+        (Some(error), _) => spans::record_error(span, error),
+        (None, Attempt::CommitLost { .. }) => {
+            span.record("error.type", "commit_outcome_unknown");
+            span.record("otel.status_code", "ERROR");
+        }
+        (None, _) => {}
     }
 }
 

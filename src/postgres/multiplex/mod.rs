@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::pool::PostgresPool;
 use crate::error::{Error, Result};
@@ -231,6 +233,63 @@ impl Multiplexed {
     where
         S: MultiplexSql + ?Sized,
     {
+        let span = self.statement_span(statement.sql());
+        let result = self
+            .run_within(statement, call)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            crate::spans::record_error(&span, error);
+        }
+        result
+    }
+
+    /// The client span of one statement: `{db.operation.name}
+    /// {db.namespace}` (`SELECT app`), the SQL text only when
+    /// `postgres.trace_query_text` opts in, never parameters.
+    fn statement_span(&self, sql: &str) -> Span {
+        let shared = &self.state.pool;
+        let peer = &shared.peer;
+        let operation = crate::spans::sql_operation(sql);
+        let span = tracing::info_span!(
+            target: "dbmanager::postgres",
+            "dbmanager.query",
+            otel.name = Empty,
+            otel.kind = "client",
+            db.system.name = crate::spans::POSTGRESQL,
+            db.namespace = %peer.namespace,
+            server.address = %peer.address,
+            server.port = peer.port,
+            db.operation.name = operation,
+            db.query.text = Empty,
+            error.type = Empty,
+            db.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        if !span.is_disabled() {
+            // The conventions' name; the namespace alone when the
+            // operation is not known.
+            match operation {
+                Some(operation) => {
+                    span.record("otel.name", format!("{operation} {}", peer.namespace))
+                }
+                None => span.record("otel.name", peer.namespace.as_str()),
+            };
+            if shared.trace_query_text {
+                span.record("db.query.text", sql);
+            }
+        }
+        span
+    }
+
+    async fn run_within<S, T>(
+        &self,
+        statement: &S,
+        call: impl AsyncFnOnce(&tokio_postgres::Client, &Statement) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T>
+    where
+        S: MultiplexSql + ?Sized,
+    {
         let sql = statement.sql();
         // Checked here only when no connection has room at once (on an
         // unused handle, or with the server down): a refused statement
@@ -256,7 +315,7 @@ impl Multiplexed {
             _ => place.answered(),
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::multiplex_statement(started.elapsed());
+        crate::metrics::multiplex_statement(started.elapsed(), crate::spans::sql_operation(sql));
         drop(place);
         result
     }

@@ -35,6 +35,8 @@ use tokio_postgres::config::{
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use tracing::Instrument;
+
 use super::cancel::{Canceller, Endpoint};
 use super::transport::{self, Address, SocketOptions};
 use super::{ConnectionTask, Opened, TappedTransport};
@@ -91,13 +93,24 @@ pub(super) async fn open(
                 (None, Address::Tcp(ip)) => Some(ip.to_string()),
                 (None, Address::Unix(_)) => None,
             };
+            let span = attempt_span(config, hostname.as_deref(), &address, entry.port);
             let endpoint = Endpoint {
                 address,
                 port: entry.port,
                 hostname: tls_name,
                 timeout,
             };
-            match at_address(endpoint, driver, target, secrets).await {
+            let outcome = at_address(endpoint, driver, target, secrets)
+                .instrument(span.clone())
+                .await;
+            match &outcome {
+                Ok(_) => span.record("dbmanager.connect.outcome", "connected"),
+                Err(e) => {
+                    crate::spans::record_error(&span, e);
+                    span.record("dbmanager.connect.outcome", "failed")
+                }
+            };
+            match outcome {
                 Ok(opened) => return Ok(opened),
                 Err(e) if ends_the_list(&e) => return Err(e),
                 Err(e) => last = Some(e),
@@ -113,6 +126,36 @@ pub(super) async fn open(
             target,
         )
     }))
+}
+
+/// The client span of a connect attempt at one address: the host as
+/// configured (`server.address`, else the address itself), the address
+/// tried (`network.peer.address`), the port, and the outcome once known.
+fn attempt_span(
+    config: &tokio_postgres::Config,
+    hostname: Option<&str>,
+    address: &Address,
+    port: u16,
+) -> tracing::Span {
+    let peer = match address {
+        Address::Tcp(ip) => ip.to_string(),
+        Address::Unix(dir) => dir.display().to_string(),
+    };
+    tracing::info_span!(
+        target: "dbmanager::postgres",
+        "dbmanager.connect.attempt",
+        otel.name = "connect",
+        otel.kind = "client",
+        db.system.name = crate::spans::POSTGRESQL,
+        db.namespace = config.get_dbname().or(config.get_user()).unwrap_or("postgres"),
+        server.address = hostname.unwrap_or(peer.as_str()),
+        server.port = port,
+        network.peer.address = peer.as_str(),
+        dbmanager.connect.outcome = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 /// Whether a failure at one address ends the whole attempt instead of

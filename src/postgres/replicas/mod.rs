@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::PooledConnection;
 use super::hooks::Hooks;
@@ -336,51 +338,14 @@ impl<'a> ReadReplicas<'a> {
         let caller = Location::caller();
         let (primary, set) = (self.primary, self.set);
         async move {
-            let started = Instant::now();
-            let Some(set) = set else {
-                return fallback(primary, wait, caller, || {
-                    "no read replica is configured (postgres.replicas)".into()
-                })
+            let span = route_span(primary, caller);
+            let result = route(primary, set, wait, caller, &span)
+                .instrument(span.clone())
                 .await;
-            };
-            if primary.is_draining() {
-                return Err(Error::ShuttingDown {
-                    backend: Backend::Postgres,
-                });
+            if let Err(error) = &result {
+                crate::spans::record_error(&span, error);
             }
-            let _ = tokio::time::timeout(wait, set.first_round()).await;
-            let mut tried = vec![false; set.members.len()];
-            while let Some(i) = set.pick(&tried) {
-                tried[i] = true;
-                let member = &set.members[i];
-                let left = wait.saturating_sub(started.elapsed());
-                match member.pool.acquire(caller, Some(left)).await {
-                    Ok(connection) => return Ok(connection),
-                    // It went down since its last check: mark it so, and
-                    // try the next one.
-                    Err(error @ Error::Connect { .. }) => {
-                        tracing::warn!(target: "dbmanager::postgres", replica = member.pool.label().pool, error = %error, "a read replica could not be connected to; routing around it until its next check");
-                        member.record(
-                            Observation::Failed {
-                                at: Instant::now(),
-                                error: error.to_string(),
-                            },
-                            set.limits(),
-                        );
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
-            let left = wait.saturating_sub(started.elapsed());
-            let limits = set.limits();
-            fallback(primary, left, caller, || {
-                set.members
-                    .iter()
-                    .map(|m| m.describe(limits))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .await
+            result
         }
     }
 
@@ -414,15 +379,148 @@ impl std::fmt::Debug for ReadReplicas<'_> {
     }
 }
 
+/// The span of one routing decision (`dbmanager.route`): which pool
+/// served (`db.client.connection.pool.name`, `server.address`,
+/// `server.port`) and why (`dbmanager.route.reason`: `least_busy`,
+/// `no_replica_configured`, `no_replica_routable`), with how many replicas
+/// were tried.
+fn route_span(primary: &PostgresPool, caller: &'static Location<'static>) -> Span {
+    tracing::info_span!(
+        target: "dbmanager::postgres",
+        "dbmanager.route",
+        db.system.name = crate::spans::POSTGRESQL,
+        db.namespace = %primary.shared.peer.namespace,
+        server.address = Empty,
+        server.port = Empty,
+        db.client.connection.pool.name = Empty,
+        dbmanager.route.reason = Empty,
+        dbmanager.route.fallback = Empty,
+        dbmanager.route.tried = Empty,
+        code.file.path = caller.file(),
+        code.line.number = caller.line(),
+        error.type = Empty,
+        db.response.status_code = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// Records on `span` that `pool` was chosen, for `reason`.
+fn chosen(span: &Span, pool: &PostgresPool, reason: &'static str, tried: usize) {
+    if span.is_disabled() {
+        return;
+    }
+    let peer = &pool.shared.peer;
+    span.record("db.client.connection.pool.name", pool.label().pool);
+    span.record("server.address", peer.address.as_str());
+    span.record("server.port", peer.port);
+    span.record("dbmanager.route.reason", reason);
+    span.record("dbmanager.route.tried", tried);
+}
+
+/// Routes one checkout: the least busy routable replica, trying the next
+/// one past a replica that cannot be connected to, else the fallback.
+async fn route(
+    primary: &PostgresPool,
+    set: Option<&Arc<ReplicaSet>>,
+    wait: Duration,
+    caller: &'static Location<'static>,
+    span: &Span,
+) -> Result<PooledConnection> {
+    let started = Instant::now();
+    let Some(set) = set else {
+        return fallback(
+            primary,
+            wait,
+            caller,
+            span,
+            "no_replica_configured",
+            0,
+            || "no read replica is configured (postgres.replicas)".into(),
+        )
+        .await;
+    };
+    if primary.is_draining() {
+        return Err(Error::ShuttingDown {
+            backend: Backend::Postgres,
+        });
+    }
+    let _ = tokio::time::timeout(wait, set.first_round()).await;
+    let mut tried = vec![false; set.members.len()];
+    let mut attempts = 0;
+    while let Some(i) = set.pick(&tried) {
+        tried[i] = true;
+        attempts += 1;
+        let member = &set.members[i];
+        let left = wait.saturating_sub(started.elapsed());
+        chosen(span, &member.pool, "least_busy", attempts);
+        match member.pool.acquire(caller, Some(left)).await {
+            Ok(connection) => return Ok(connection),
+            // It went down since its last check: mark it so, and
+            // try the next one.
+            Err(error @ Error::Connect { .. }) => {
+                tracing::warn!(target: "dbmanager::postgres", replica = member.pool.label().pool, error = %error, "a read replica could not be connected to; routing around it until its next check");
+                member.record(
+                    Observation::Failed {
+                        at: Instant::now(),
+                        error: error.to_string(),
+                    },
+                    set.limits(),
+                );
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let left = wait.saturating_sub(started.elapsed());
+    let limits = set.limits();
+    fallback(
+        primary,
+        left,
+        caller,
+        span,
+        "no_replica_routable",
+        attempts,
+        || {
+            set.members
+                .iter()
+                .map(|m| m.describe(limits))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    )
+    .await
+}
+
 /// No replica could serve: the primary, or [`Error::NoReplica`].
 async fn fallback(
     primary: &PostgresPool,
     wait: Duration,
     caller: &'static Location<'static>,
+    span: &Span,
+    reason: &'static str,
+    tried: usize,
     why: impl FnOnce() -> String,
 ) -> Result<PooledConnection> {
-    match primary.replica_fallback() {
-        ReplicaFallback::Primary => primary.acquire(caller, Some(wait)).await,
-        ReplicaFallback::Error => Err(Error::NoReplica { reason: why() }),
+    let policy = primary.replica_fallback();
+    if !span.is_disabled() {
+        span.record(
+            "dbmanager.route.fallback",
+            match policy {
+                ReplicaFallback::Primary => "primary",
+                ReplicaFallback::Error => "error",
+            },
+        );
+    }
+    match policy {
+        ReplicaFallback::Primary => {
+            chosen(span, primary, reason, tried);
+            primary.acquire(caller, Some(wait)).await
+        }
+        ReplicaFallback::Error => {
+            if !span.is_disabled() {
+                span.record("dbmanager.route.reason", reason);
+                span.record("dbmanager.route.tried", tried);
+            }
+            Err(Error::NoReplica { reason: why() })
+        }
     }
 }

@@ -102,6 +102,7 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
     let results = opening.await;
     let mut opened = 0;
     let mut failed = None;
+    let mut timed_out = 0usize;
     let mut objects: Vec<Object<PgManager>> = Vec::with_capacity(results.len());
     for result in results {
         match result {
@@ -111,13 +112,17 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
                 }
                 objects.push(object);
             }
-            Err(deadpool::managed::PoolError::Timeout(_)) => {}
+            // A connect slower than its bound: counted below with the
+            // failures, so a warm-up that came up short says so.
+            Err(deadpool::managed::PoolError::Timeout(_)) => timed_out += 1,
             Err(e) => failed = Some(e),
         }
     }
     drop(objects);
     if let Some(error) = failed {
-        tracing::warn!(target: "dbmanager::postgres", error = %error, opened, "could not open every connection for min_idle");
+        tracing::warn!(target: "dbmanager::postgres", error = %error, opened, timed_out, "could not open every connection for min_idle");
+    } else if timed_out > 0 {
+        tracing::warn!(target: "dbmanager::postgres", opened, timed_out, "could not open every connection for min_idle: connects timed out (the maintenance task opens the rest)");
     }
     opened
 }

@@ -742,3 +742,19 @@ fn the_unready_period_has_a_default_a_variable_and_a_bound() {
     .unwrap_err();
     assert!(err.to_string().contains("shutdown.unready_period"), "{err}");
 }
+
+#[test]
+fn the_silence_bound_is_off_at_zero_and_at_most_a_year() {
+    let config = load(None, None, &[("DBMANAGER_POSTGRES__SILENCE_TIMEOUT", "0s")]).unwrap();
+    assert_eq!(config.postgres.silence_timeout, Duration::ZERO);
+    let err = load(
+        None,
+        None,
+        &[("DBMANAGER_POSTGRES__SILENCE_TIMEOUT", "400days")],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("postgres.silence_timeout"),
+        "{err}"
+    );
+}

@@ -11,7 +11,7 @@ use super::secret::DatabaseUrl;
 #[cfg(feature = "postgres")]
 use super::secret::scrub;
 use super::url::ConnectionString;
-use crate::error::{Problems, pool_size, positive, positive_opt};
+use crate::error::{Problems, at_most_a_year, pool_size, positive, positive_opt};
 
 /// PostgreSQL settings (`[postgres]`).
 ///
@@ -305,6 +305,9 @@ impl PostgresConfig {
             p.push("postgres.keepalives_retries", "must be at least 1");
         }
         positive_opt("postgres.tcp_user_timeout", self.tcp_user_timeout, p);
+        // Zero turns the bound off; anything else stays within the clock
+        // arithmetic every other duration is held to.
+        at_most_a_year("postgres.silence_timeout", self.silence_timeout, p);
         self.pool.check(p);
         self.multiplex.check(p);
         self.listener.check(p);

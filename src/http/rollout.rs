@@ -60,11 +60,18 @@ impl Rollout {
     /// Waits for SIGTERM (what Kubernetes, systemd and `docker stop` send)
     /// or SIGINT (Ctrl-C), then runs the sequence; resolves when the server
     /// should stop accepting. A second signal ends the unready period early.
-    pub async fn on_signal(self) {
+    ///
+    /// The handlers are installed by this call, not at the future's first
+    /// poll: a signal arriving between the call and the server's first
+    /// poll of the future is caught, not left to its default action
+    /// (ending the process). Call it inside the Tokio runtime.
+    pub fn on_signal(self) -> impl Future<Output = ()> + Send + 'static {
         let mut signals = Signals::new();
-        signals.next().await;
-        tracing::info!(target: "dbmanager", "shutdown signal received");
-        self.after(std::future::ready(()), signals.next()).await;
+        async move {
+            signals.next().await;
+            tracing::info!(target: "dbmanager", "shutdown signal received");
+            self.after(std::future::ready(()), signals.next()).await;
+        }
     }
 
     /// Runs the sequence when `signal` completes; `hurry`, polled only
@@ -88,54 +95,57 @@ impl Rollout {
     }
 }
 
-/// SIGTERM and SIGINT, received repeatedly. A signal that cannot be
-/// listened to (no signal driver) is never received, like a signal never
-/// sent: the sequence then simply does not start from it.
+/// SIGTERM and SIGINT, received repeatedly, each listened to from the
+/// moment `Signals::new` returns. A signal that cannot be listened to is
+/// never received, like a signal never sent, and says so in the log.
 struct Signals {
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Self {
         #[cfg(unix)]
-        let terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(target: "dbmanager", %error, "cannot listen for SIGTERM; only Ctrl-C starts the shutdown");
-                None
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(error) => {
+                    tracing::warn!(target: "dbmanager", %error, signal = name, "cannot listen for this signal; it will not start the shutdown");
+                    None
+                }
+            };
+            Signals {
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
             }
-        };
-        Signals {
-            #[cfg(unix)]
-            terminate,
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
 
     async fn next(&mut self) {
-        let interrupt = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
         #[cfg(unix)]
-        let terminate = async {
-            match self.terminate.as_mut() {
-                Some(signal) => {
-                    if signal.recv().await.is_none() {
-                        std::future::pending::<()>().await;
-                    }
+        {
+            async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+                let received = match signal {
+                    Some(signal) => signal.recv().await.is_some(),
+                    None => false,
+                };
+                if !received {
+                    std::future::pending::<()>().await;
                 }
-                None => std::future::pending::<()>().await,
             }
-        };
+            tokio::select! {
+                () = received(self.terminate.as_mut()) => {}
+                () = received(self.interrupt.as_mut()) => {}
+            }
+        }
         #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = interrupt => {}
-            () = terminate => {}
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

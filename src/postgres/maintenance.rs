@@ -7,7 +7,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, Pool, Timeouts, WeakPool};
-use futures_util::FutureExt;
 use futures_util::future::join_all;
 use tokio::task::JoinHandle;
 
@@ -81,13 +80,17 @@ pub(crate) async fn fill(pool: &Pool<PgManager>, shared: &Shared, target: usize)
         wait: Some(Duration::ZERO),
         ..base
     };
-    // An idle connection is handed over at the first poll (its check is
-    // `is_closed()`, no I/O); one that is not ready then is left alone.
+    // The idle connections are held while the missing ones open, so each
+    // checkout below opens a connection instead of taking an idle one. A
+    // connection just returned may not be ready at the first poll (the
+    // reuse policy waits for its task to settle, within the recycle
+    // timeout): awaited, not skipped, or the warm-up would take it below
+    // and open one connection too few.
     let mut held = Vec::with_capacity(idle);
     for _ in 0..idle {
-        match pool.timeout_get(&timeouts).now_or_never() {
-            Some(Ok(object)) => held.push(object),
-            _ => break,
+        match pool.timeout_get(&timeouts).await {
+            Ok(object) => held.push(object),
+            Err(_) => break,
         }
     }
     let mut opening = std::pin::pin!(join_all((0..missing).map(|_| pool.timeout_get(&timeouts))));

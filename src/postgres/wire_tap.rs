@@ -65,9 +65,9 @@ pub(crate) struct Tap {
     born: Instant,
     /// Nanoseconds from `born` to the server's last byte.
     last_read: AtomicU64,
-    /// Nanoseconds from `born` to the client's first write after the
+    /// Nanoseconds from `born` to the client's last write after the
     /// server's last byte (valid while `wrote_since_read`).
-    first_write: AtomicU64,
+    last_write: AtomicU64,
     wrote_since_read: AtomicBool,
     /// The last read found no bytes: tokio-postgres waits on the server.
     /// Clear while it is not reading (its caller has not taken the answers
@@ -89,7 +89,7 @@ impl Tap {
             changed: Notify::new(),
             born: Instant::now(),
             last_read: AtomicU64::new(0),
-            first_write: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             wrote_since_read: AtomicBool::new(false),
             reading: AtomicBool::new(false),
             silenced: OnceLock::new(),
@@ -112,27 +112,27 @@ impl Tap {
     }
 
     fn wrote_now(&self) {
-        // Only the first write after a read is timed: a write costs one
-        // load, not a clock read.
-        if !self.wrote_since_read.load(Ordering::Acquire) {
-            self.first_write.store(self.since_born(), Ordering::Release);
-            self.wrote_since_read.store(true, Ordering::Release);
-        }
+        // Every write is timed, not only the first after a read: a request
+        // still being uploaded (a large parameter, COPY data, a slow link)
+        // is this side still talking, not the server being silent.
+        self.last_write.store(self.since_born(), Ordering::Release);
+        self.wrote_since_read.store(true, Ordering::Release);
     }
 
     /// Since when the server has said nothing while it owed an answer, or
     /// `None` when it owes none (or the connection ended), or when this
     /// side is not reading (a caller slow to take its rows: the server may
     /// have sent everything). The silence counts from the later of its last
-    /// byte and the client's first write after it: a request written to a
-    /// connection at rest starts it.
+    /// byte and the client's last write after it: a request written to a
+    /// connection at rest starts it, and an upload still in progress keeps
+    /// restarting it.
     pub fn silent_since(&self) -> Option<Instant> {
         if !self.reading.load(Ordering::Acquire) || !self.session().server_owes() {
             return None;
         }
         let mut since = self.last_read.load(Ordering::Acquire);
         if self.wrote_since_read.load(Ordering::Acquire) {
-            since = since.max(self.first_write.load(Ordering::Acquire));
+            since = since.max(self.last_write.load(Ordering::Acquire));
         }
         Some(self.born + Duration::from_nanos(since))
     }

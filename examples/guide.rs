@@ -39,12 +39,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
+    // SIGTERM or Ctrl-C: readiness turns false, requests are still served
+    // for shutdown.unready_period, then axum finishes those in flight. The
+    // handlers are installed here, before the service says it listens.
+    let stop = dbmanager::http::Rollout::new(db.clone()).on_signal();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?; // io::Error
     println!("listening on http://{}", listener.local_addr()?);
-    // SIGTERM or Ctrl-C: readiness turns false, requests are still served
-    // for shutdown.unready_period, then axum finishes those in flight.
     axum::serve(listener, app)
-        .with_graceful_shutdown(dbmanager::http::Rollout::new(db.clone()).on_signal())
+        .with_graceful_shutdown(stop)
         .await?;
 
     // HTTP has drained; now the databases.

@@ -98,13 +98,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    println!("listening on http://{}", listener.local_addr()?);
     // SIGTERM or Ctrl-C: readiness reads "draining" at once, requests are
     // still served for shutdown.unready_period (load balancers catching up),
-    // then axum stops accepting and finishes those in flight.
+    // then axum stops accepting and finishes those in flight. The handlers
+    // are installed here, before the service says it listens.
+    let stop = dbmanager::http::Rollout::new(db.clone()).on_signal();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, router)
-        .with_graceful_shutdown(dbmanager::http::Rollout::new(db.clone()).on_signal())
+        .with_graceful_shutdown(stop)
         .await?;
 
     // HTTP has drained; now the databases.

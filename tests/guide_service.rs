@@ -116,3 +116,32 @@ async fn sigterm_during_a_request_lets_it_finish_then_drains_and_exits_0() {
         "the service closed its sessions"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_it_listens_is_handled_not_fatal() {
+    let pg = TestDb::adopt(&unique_name("guide_early"));
+    let (mongo_url, _mongo) = support::mongo();
+    // The service installs its handlers before it prints its address, so a
+    // signal sent the moment it listens takes the shutdown path (exit 0,
+    // drained), never the default action (killed, status 143).
+    for _ in 0..3 {
+        let guide = Example {
+            name: "guide",
+            env: vec![
+                ("DATABASE_URL".into(), pg.url.clone()),
+                ("MONGODB_URL".into(), mongo_url.clone()),
+                ("DBMANAGER_MONGODB__DATABASE".into(), unique_name("guide")),
+                ("PORT".into(), support::free_port().to_string()),
+                ("DBMANAGER_SHUTDOWN__UNREADY_PERIOD".into(), "0s".into()),
+            ],
+        };
+        let running = guide.start();
+        running.terminate();
+        let (status, printed) = running.wait().await;
+        assert!(
+            status.success(),
+            "exit status {status:?} (killed by the signal's default action?)"
+        );
+        assert!(printed.contains("stopped: drained true"), "{printed:?}");
+    }
+}

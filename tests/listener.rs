@@ -24,21 +24,9 @@ fn config(url: &str) -> dbmanager::Config {
     config
 }
 
-/// A plain tokio-postgres connection that sends notifications.
-async fn sender(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting the sender: {e}"));
-    tokio::spawn(connection);
-    client
-}
-
 /// The next event within [`EVENT_BOUND`].
 async fn next(listener: &mut Listener) -> ListenerEvent {
-    tokio::time::timeout(EVENT_BOUND, listener.next())
-        .await
-        .expect("an event within the bound")
-        .expect("the listener is open")
+    support::next_event(listener, EVENT_BOUND).await
 }
 
 /// Reads events until a `Reconnected`; returns its gap and the
@@ -83,7 +71,7 @@ async fn notifications_sent_while_connected_arrive_in_order_on_the_channels_list
         );
     }
 
-    let client = sender(&db.url).await;
+    let client = support::client(&db.url).await;
     let sender_pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -154,7 +142,7 @@ async fn shutdown_ends_the_stream_and_refuses_new_listeners() {
     let pool = manager.postgres().unwrap();
     let mut listener = pool.listener().await.unwrap();
     listener.listen("jobs").await.unwrap();
-    let client = sender(&db.url).await;
+    let client = support::client(&db.url).await;
     client.batch_execute("NOTIFY jobs, 'before'").await.unwrap();
     // Buffered before the shutdown: still delivered, then the end.
     support::eventually(EVENT_BOUND, async || listener.health().received == 1).await;
@@ -189,7 +177,7 @@ async fn shutdown_ends_the_stream_and_refuses_new_listeners() {
 async fn reconnected_and_hearing(listener: &mut Listener, url: &str, channel: &str) -> Duration {
     let (gap, _) = until_reconnected(listener).await;
     assert!(listener.is_connected());
-    let client = sender(url).await;
+    let client = support::client(url).await;
     client
         .batch_execute(&format!("NOTIFY {channel}, 'after'"))
         .await
@@ -269,7 +257,7 @@ async fn a_frozen_connection_is_detected_within_the_liveness_settings_and_replac
 /// carries on (an id whose commit it did not see is not recorded).
 async fn send_ids(url: String, count: u32) -> Vec<(u32, Instant)> {
     let mut committed = Vec::with_capacity(count as usize);
-    let mut client = sender(&url).await;
+    let mut client = support::client(&url).await;
     let mut id = 0;
     while id < count {
         match client
@@ -410,8 +398,8 @@ async fn a_stalled_consumer_leaves_the_server_queue_empty_and_notify_working() {
 
     // The consumer reads nothing for `stall` while the notifications are
     // sent, in transactions of BATCH each, spread over that time.
-    let client = sender(&db.url).await;
-    let other = sender(&db.url).await;
+    let client = support::client(&db.url).await;
+    let other = support::client(&db.url).await;
     let started = Instant::now();
     let mut peak_usage: f64 = 0.0;
     let mut start = 0;
@@ -496,7 +484,7 @@ async fn after_a_failover_the_listener_hears_the_promoted_standby() {
     let manager = support::build(config).await;
     let mut listener = manager.postgres().unwrap().listener().await.unwrap();
     listener.listen("failover").await.unwrap();
-    let before = sender(&primary.url("postgres")).await;
+    let before = support::client(&primary.url("postgres")).await;
     before
         .batch_execute("NOTIFY failover, 'before'")
         .await
@@ -525,7 +513,7 @@ async fn throughput_to_one_consumer_against_a_raw_connection() {
     let manager = support::build(config(&db.url)).await;
     let mut listener = manager.postgres().unwrap().listener().await.unwrap();
     listener.listen("rate").await.unwrap();
-    let client = sender(&db.url).await;
+    let client = support::client(&db.url).await;
     let flood =
         format!("SELECT count(pg_notify('rate', g::text)) FROM generate_series(1, {COUNT}) g");
 

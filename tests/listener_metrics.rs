@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dbmanager::metrics::names;
 use dbmanager::{Listener, ListenerEvent};
-use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::Snapshotter;
 use support::{Reading, TestDb, pg_config};
 
 const LABELS: &[(&str, &str)] = &[("database", "postgres"), ("pool", "listener")];
@@ -34,10 +34,7 @@ fn counters(snapshotter: &Snapshotter) -> (u64, u64, u64) {
 }
 
 async fn next(listener: &mut Listener) -> ListenerEvent {
-    tokio::time::timeout(EVENT_BOUND, listener.next())
-        .await
-        .expect("an event within the bound")
-        .expect("the listener is open")
+    support::next_event(listener, EVENT_BOUND).await
 }
 
 fn payload(event: ListenerEvent) -> String {
@@ -49,12 +46,7 @@ fn payload(event: ListenerEvent) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_metrics_move_as_the_scenario_predicts() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("the only recorder of this test binary");
-    dbmanager::metrics::describe();
+    let snapshotter = support::install_recorder();
 
     let db = TestDb::create("listener_metrics").await;
     let mut config = pg_config(&db.url);

@@ -17,21 +17,9 @@ const EVENT_BOUND: Duration = Duration::from_secs(60);
 
 const CHANNELS: [&str; 2] = ["alpha", "beta"];
 
-/// A plain tokio-postgres connection to one member.
-async fn direct(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-    tokio::spawn(connection);
-    client
-}
-
 /// The next event within [`EVENT_BOUND`].
 async fn next(listener: &mut Listener) -> ListenerEvent {
-    tokio::time::timeout(EVENT_BOUND, listener.next())
-        .await
-        .expect("an event within the bound")
-        .expect("the listener is open")
+    support::next_event(listener, EVENT_BOUND).await
 }
 
 /// Sends `payload` on every channel through `client`, then reads events
@@ -80,7 +68,7 @@ async fn after_a_patroni_switchover_the_listener_hears_the_new_leader() {
     for channel in CHANNELS {
         listener.listen(channel).await.unwrap();
     }
-    let old = direct(&cluster.member_url(leader, "postgres")).await;
+    let old = support::client(&cluster.member_url(leader, "postgres")).await;
     assert_eq!(hears_every_channel(&mut listener, &old, "before").await, 0);
 
     // The consumer keeps reading during the switchover, in a task of its
@@ -112,7 +100,7 @@ async fn after_a_patroni_switchover_the_listener_hears_the_new_leader() {
     // Notifications do not cross servers (and a standby refuses LISTEN):
     // hearing a NOTIFY sent on the new leader proves the listener's
     // session is there, with both channels listened again.
-    let new = direct(&cluster.member_url(new_leader, "postgres")).await;
+    let new = support::client(&cluster.member_url(new_leader, "postgres")).await;
     let in_recovery: bool = new
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await

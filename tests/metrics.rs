@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use dbmanager::metrics::names;
 use dbmanager::{Config, DatabaseUrl, Error, RetryPolicy};
-use metrics_util::debugging::DebuggingRecorder;
 use support::{Reading, TestDb, pg_config};
 
 const PG: (&str, &str) = ("database", "postgres");
@@ -20,12 +19,7 @@ const OTEL_PG: [(&str, &str); 2] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_metric_moves_as_the_scenario_predicts() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("the only recorder of this test binary");
-    dbmanager::metrics::describe();
+    let snapshotter = support::install_recorder();
 
     // Start-up: one connection proves the server, warm-up opens the second.
     let db = TestDb::create("metrics").await;

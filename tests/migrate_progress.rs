@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use dbmanager::migrate::{Bootstrap, Migrations};
-use metrics_util::debugging::DebuggingRecorder;
 use support::{Reading, TestDb, migrations_dir, pg_config};
 
 /// Waits until the captured logs contain `needle`, for at most 30 s (the
@@ -81,11 +80,7 @@ async fn each_migration_is_announced_n_of_total_and_a_long_one_reports_its_elaps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_migrates_on_a_direct_pool_and_logs_no_shutdown() {
     let logs = support::logs();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("the only recorder of this test binary");
+    let snapshotter = support::install_recorder();
     let db = TestDb::create("bootstrap_direct").await;
     let dir = migrations_dir(&[("1_first.up.sql", "CREATE TABLE first (id int);\n")]);
     let migrations = Migrations::from_dir(dir.path()).unwrap();

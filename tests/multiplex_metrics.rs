@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use dbmanager::metrics::names;
-use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::Snapshotter;
 use support::{Reading, TestDb, pg_config};
 
 const LABELS: &[(&str, &str)] = &[("database", "postgres"), ("pool", "multiplex")];
@@ -24,12 +24,7 @@ async fn gauge_reaches(snapshotter: &Snapshotter, name: &str, value: f64) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_multiplex_metrics_move_as_the_scenario_predicts() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("the only recorder of this test binary");
-    dbmanager::metrics::describe();
+    let snapshotter = support::install_recorder();
 
     let db = TestDb::create("mux_metrics").await;
     let mut config = pg_config(&db.url);

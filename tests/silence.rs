@@ -144,14 +144,7 @@ fn children(pid: u32) -> Vec<u32> {
 async fn a_query_to_a_stopped_backend_fails_transiently_and_the_connection_is_replaced() {
     let logs = support::logs();
     #[cfg(feature = "metrics")]
-    let snapshotter = {
-        let recorder = metrics_util::debugging::DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder
-            .install()
-            .expect("the only recorder of this test process");
-        snapshotter
-    };
+    let snapshotter = support::install_recorder();
     // A cluster of its own: the test stops one of its processes.
     let cluster = PgCluster::start_new(PASSWORD);
     let config = config(&cluster.url("postgres"));

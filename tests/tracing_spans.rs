@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use dbmanager::mongodb::bson::{Document, doc};
 use dbmanager::{DatabaseUrl, Error, TxFutureExt};
 use support::{PgCluster, TestDb, pg_config, sql};
 use tracing::field::{Field, Visit};
@@ -462,24 +461,7 @@ async fn a_mongodb_transaction_attempt_is_a_span() {
     config.mongodb.database = Some(database.clone());
     let manager = support::build(config).await;
     let mongo = manager.mongo().unwrap();
-    let coll = mongo.database().collection::<Document>("orders");
-    mongo
-        .transaction(|session| {
-            let coll = &coll;
-            async move {
-                coll.insert_one(doc! { "_id": 1 })
-                    .session(&mut *session)
-                    .await?;
-                Ok(())
-            }
-            .scoped()
-        })
-        .await
-        .unwrap();
-    let error = mongo
-        .transaction::<(), _>(|_session| async move { Err(Error::abort("no")) }.scoped())
-        .await
-        .unwrap_err();
+    let error = support::commit_one_then_abort_one(mongo).await;
     assert!(matches!(error, Error::Aborted { .. }), "{error:?}");
 
     let attempts = spans.named("dbmanager.transaction", "db.namespace", &database);

@@ -7,11 +7,9 @@ mod support;
 use std::time::Duration;
 
 use dbmanager::metrics::names;
-use dbmanager::mongodb::bson::{Document, doc};
 use dbmanager::postgres::TransactionOptions;
 use dbmanager::retry::Jitter;
 use dbmanager::{DatabaseUrl, Error, RetryPolicy, TxFutureExt};
-use metrics_util::debugging::DebuggingRecorder;
 use support::{AtCommit, FaultProxy, Reading, TestDb, pg_config, sql};
 
 const PG: (&str, &str) = ("database", "postgres");
@@ -30,12 +28,7 @@ const CONFLICT: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_metrics_count_attempts_reruns_exhaustion_lost_commits_and_time() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder
-        .install()
-        .expect("the only recorder of this test binary");
-    dbmanager::metrics::describe();
+    let snapshotter = support::install_recorder();
 
     let db = TestDb::create("tx_metrics").await;
     sql(&db.url, "CREATE TABLE t (id int PRIMARY KEY)").await;
@@ -136,24 +129,7 @@ async fn transaction_metrics_count_attempts_reruns_exhaustion_lost_commits_and_t
 
     // MongoDB: a commit and an abort.
     let mongo = manager.mongo().unwrap();
-    let coll = mongo.database().collection::<Document>("orders");
-    mongo
-        .transaction(|session| {
-            let coll = &coll;
-            async move {
-                coll.insert_one(doc! { "_id": 1 })
-                    .session(&mut *session)
-                    .await?;
-                Ok(())
-            }
-            .scoped()
-        })
-        .await
-        .unwrap();
-    let error = mongo
-        .transaction::<(), _>(|_session| async move { Err(Error::abort("no")) }.scoped())
-        .await
-        .unwrap_err();
+    let error = support::commit_one_then_abort_one(mongo).await;
     assert_eq!(error.to_string(), "transaction rolled back: no");
     let m = Reading::take(&snapshotter);
     assert_eq!(m.counter(names::TX_ATTEMPTS, &[MONGO]), 2);

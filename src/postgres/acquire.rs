@@ -256,9 +256,11 @@ impl PostgresPool {
             return Ok(Round::Ready((object.keep(), at)));
         };
         let began = budget.begin_at(at);
-        let left = budget.wait.saturating_sub(began.elapsed());
-        let (reason, give_up) = match tokio::time::timeout(left, hook.call(&object.get().client))
-            .await
+        let (reason, give_up) = match tokio::time::timeout(
+            budget.left(),
+            hook.call(&object.get().client),
+        )
+        .await
         {
             Ok(Ok(())) => return Ok(Round::Ready((object.keep(), Instant::now()))),
             // Cut off mid-hook: the connection is in an unknown state.

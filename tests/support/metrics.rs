@@ -1,7 +1,20 @@
 //! Reading what a test's metrics recorder (metrics-util's debugging
 //! recorder) holds.
 
-use metrics_util::debugging::{DebugValue, Snapshotter};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+/// Installs a debugging recorder as the test binary's recorder, with the
+/// crate's descriptions, and returns what reads it. Once per test binary:
+/// a test that measures metrics is alone in its file.
+pub fn install_recorder() -> Snapshotter {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
+    dbmanager::metrics::describe();
+    snapshotter
+}
 
 /// A metric's name, its labels, and its value.
 pub type Entry = (String, Vec<(String, String)>, DebugValue);

@@ -19,7 +19,8 @@
 //! - [`retries`]: retry policies for tests, and builds meant to fail.
 //! - [`example`]: the example services run as processes.
 //! - [`logs`]: the process-wide log capture; [`http`]: a plain HTTP client;
-//!   [`metrics`]: what a test's metrics recorder holds.
+//!   [`metrics`]: what a test's metrics recorder holds; [`listener`]: a
+//!   managed listener's events within a bound.
 //!
 //! Every helper is re-exported here, so a test names `support::pg_config`
 //! whatever file it lives in.
@@ -29,6 +30,7 @@ pub mod blackhole;
 pub mod cluster;
 pub mod example;
 pub mod http;
+pub mod listener;
 pub mod load;
 pub mod logs;
 pub mod metrics;
@@ -48,6 +50,7 @@ pub use blackhole::*;
 pub use cluster::*;
 pub use example::*;
 pub use http::*;
+pub use listener::*;
 pub use load::*;
 pub use logs::*;
 pub use metrics::*;

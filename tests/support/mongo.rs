@@ -116,3 +116,29 @@ pub fn mongo() -> (String, Option<MongoServer>) {
         }
     }
 }
+
+/// Through the MongoDB transaction helper: one transaction that inserts
+/// `{_id: 1}` into `orders` and commits, then one that aborts; returns the
+/// abort's error.
+pub async fn commit_one_then_abort_one(mongo: &dbmanager::mongo::MongoHandle) -> dbmanager::Error {
+    use dbmanager::TxFutureExt;
+    use dbmanager::mongodb::bson::{Document, doc};
+    let coll = mongo.database().collection::<Document>("orders");
+    mongo
+        .transaction(|session| {
+            let coll = &coll;
+            async move {
+                coll.insert_one(doc! { "_id": 1 })
+                    .session(&mut *session)
+                    .await?;
+                Ok(())
+            }
+            .scoped()
+        })
+        .await
+        .unwrap();
+    mongo
+        .transaction::<(), _>(|_session| async move { Err(dbmanager::Error::abort("no")) }.scoped())
+        .await
+        .unwrap_err()
+}

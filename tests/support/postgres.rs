@@ -41,6 +41,17 @@ pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
     format!("{scheme}://{user}:{password}@{host}")
 }
 
+/// A plain tokio-postgres connection outside any pool under test (a
+/// notification sender, a look at one server); it closes when the client
+/// is dropped.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting a plain client: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
 /// Runs SQL on a fresh connection (outside any pool under test).
 pub async fn sql(url: &str, statements: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

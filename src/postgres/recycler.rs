@@ -99,23 +99,18 @@ impl PgManager {
             opened + (lifetime - jitter)
         })
     }
-}
 
-impl Manager for PgManager {
-    type Type = Box<PgConnection>;
-    type Error = Error;
-
-    async fn create(&self) -> Result<Box<PgConnection>, Error> {
+    /// Opens one pooled connection: the connect (credentials of the moment,
+    /// every address in turn), its task under the tap's watch, its silence
+    /// watchdog, then `on_connect`.
+    async fn open_connection(&self) -> Result<Box<PgConnection>, Error> {
         let started = Instant::now();
-        // Boxed: the connect future is several kilobytes, and this future is
-        // part of every checkout's future (deadpool's `get` may create), so
-        // inline it would be copied on every checkout.
         let driver = self.driver.for_next_connection().await?;
-        let opened = Box::pin(open(
+        let opened = open(
             &driver,
             &self.shared.target,
             &secrets_of(&driver.config, &self.shared.secrets),
-        ))
+        )
         .await
         .inspect_err(|e| crate::metrics::connect_failed(self.shared.label, e))?;
         let Opened {
@@ -159,6 +154,20 @@ impl Manager for PgManager {
             canceller,
             shared: self.shared.clone(),
         }))
+    }
+}
+
+impl Manager for PgManager {
+    type Type = Box<PgConnection>;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Box<PgConnection>, Error> {
+        // Boxed: opening a connection is a future of several kilobytes (the
+        // connect, the TLS stream, the connection held across the
+        // `on_connect` hook), and this future is part of every checkout's
+        // future (deadpool's `get` may create): inline, every checkout would
+        // carry and copy it. Only a connect pays for the allocation.
+        Box::pin(self.open_connection()).await
     }
 
     /// deadpool's check on checkout: only whether the socket is closed,
@@ -216,7 +225,9 @@ pub(crate) async fn check_out(
         // return could not wait (no runtime) or something came after it.
         let began = Instant::now();
         let limit = shared.settings.recycle_timeout.min(budget);
-        match reuse::make_ready(conn, limit).await {
+        // Boxed: a cancel request's connect and the statements that settle
+        // a session are large futures only this rare path needs.
+        match Box::pin(reuse::make_ready(conn, limit)).await {
             Ok(()) => {}
             Err(NotReusable::Broken) => {
                 shared.closed(CloseReason::Broken, 1);
@@ -228,7 +239,7 @@ pub(crate) async fn check_out(
     }
     if conn.tap.take_refused_write() && shared.require_writable {
         let limit = shared.settings.recycle_timeout.min(budget);
-        if let Some(checked) = still_writable(conn, limit).await {
+        if let Some(checked) = Box::pin(still_writable(conn, limit)).await {
             return checked;
         }
     }

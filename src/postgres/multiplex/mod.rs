@@ -233,6 +233,11 @@ impl Multiplexed {
     where
         S: MultiplexSql + ?Sized,
     {
+        // As for a checkout's span: nothing built when no subscriber
+        // records it.
+        if !tracing::span_enabled!(target: "dbmanager::postgres", tracing::Level::INFO) {
+            return self.run_within(statement, call).await;
+        }
         let span = self.statement_span(statement.sql());
         let result = self
             .run_within(statement, call)

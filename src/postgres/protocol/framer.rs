@@ -69,6 +69,18 @@ impl Framer {
         if self.typed { 5 } else { 4 }
     }
 
+    /// The type and body length a complete header gives.
+    fn read_header(&self, header: &[u8]) -> (u8, usize) {
+        let (kind, length) = if self.typed {
+            (header[0], &header[1..5])
+        } else {
+            (0, &header[..4])
+        };
+        let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+        // The length counts itself, not the type byte.
+        (kind, (length as usize).saturating_sub(4))
+    }
+
     /// Feeds bytes; calls `complete(kind, kept body)` for each message that
     /// ends in them (kind 0 for an untyped message). Stops early, returning
     /// the bytes consumed, when `complete` returns false, so the caller can
@@ -76,6 +88,20 @@ impl Framer {
     pub fn feed(&mut self, mut bytes: &[u8], complete: &mut dyn FnMut(u8, &[u8]) -> bool) -> usize {
         let total = bytes.len();
         while !bytes.is_empty() {
+            // Most reads hold whole messages: those are read in place,
+            // without copying their header and body aside.
+            if self.at_boundary() && bytes.len() >= self.header_size() {
+                let header_size = self.header_size();
+                let (kind, body_len) = self.read_header(bytes);
+                if let Some(body) = bytes.get(header_size..header_size + body_len) {
+                    bytes = &bytes[header_size + body_len..];
+                    let keep = kept(self.typed, kind).min(body_len);
+                    if !complete(kind, &body[..keep]) {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let remaining = match self.remaining {
                 Some(remaining) => remaining,
                 None => {
@@ -88,33 +114,12 @@ impl Framer {
                     if self.header_len < self.header_size() {
                         break;
                     }
-                    let (kind, length) = if self.typed {
-                        (
-                            self.header[0],
-                            [
-                                self.header[1],
-                                self.header[2],
-                                self.header[3],
-                                self.header[4],
-                            ],
-                        )
-                    } else {
-                        (
-                            0,
-                            [
-                                self.header[0],
-                                self.header[1],
-                                self.header[2],
-                                self.header[3],
-                            ],
-                        )
-                    };
+                    let (kind, body_len) = self.read_header(&self.header);
                     self.header_len = 0;
                     self.kind = kind;
                     self.body_len = 0;
                     self.keep = kept(self.typed, kind);
-                    // The length counts itself, not the type byte.
-                    (u32::from_be_bytes(length) as usize).saturating_sub(4)
+                    body_len
                 }
             };
             let take = remaining.min(bytes.len());

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Transaction;
 use futures_util::FutureExt;
-use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
+use tokio_postgres::IsolationLevel;
 
+use self::commit_outcome::{Resolved, xid_and_pid};
 use super::connection::PooledConnection;
 use super::pool::PostgresPool;
 use crate::TxFuture;
@@ -21,6 +22,8 @@ use crate::retry::{Jitter, RetryPolicy};
 use crate::spans;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
+
+mod commit_outcome;
 
 /// How [`PostgresPool::transaction_with`] runs a transaction: isolation
 /// level, access mode, deferrability and retry.
@@ -138,16 +141,6 @@ enum Attempt<T> {
         backend_pid: Option<i32>,
         error: tokio_postgres::Error,
     },
-}
-
-/// What the server says became of a transaction whose COMMIT went
-/// unanswered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resolved {
-    Committed,
-    Aborted,
-    /// No transaction id was assigned: it wrote nothing.
-    NoWrite,
 }
 
 /// Serialization failure or deadlock: nothing was kept, a rerun can pass.
@@ -541,69 +534,6 @@ impl PostgresPool {
             },
         }
     }
-
-    /// Asks the server, on another connection and within `bound`, what
-    /// became of transaction `xid` whose COMMIT went unanswered. `Err`
-    /// says why it could not tell.
-    async fn resolve_commit(
-        &self,
-        xid: Option<i64>,
-        backend_pid: Option<i32>,
-        bound: Duration,
-        caller: &'static Location<'static>,
-    ) -> std::result::Result<Resolved, String> {
-        let Some(xid) = xid else {
-            return Ok(Resolved::NoWrite);
-        };
-        let deadline = tokio::time::Instant::now() + bound;
-        let within = |what: &'static str| {
-            format!("the outcome could not be checked within {bound:?} ({what})")
-        };
-        let check = async {
-            let connection = self
-                .acquire(caller, Some(bound))
-                .await
-                .map_err(|e| format!("no connection for the check within {bound:?}: {e}"))?;
-            let mut pause = Duration::from_millis(10);
-            let mut terminated = false;
-            loop {
-                let status = connection
-                    .simple_query(&format!("SELECT txid_status({xid})"))
-                    .await
-                    .map_err(|e| format!("txid_status failed: {}", describe_postgres(&e)))?;
-                match first_text(&status).as_deref() {
-                    Some("committed") => return Ok(Resolved::Committed),
-                    Some("aborted") => return Ok(Resolved::Aborted),
-                    Some("in progress") => {}
-                    other => return Err(format!("txid_status answered {other:?}")),
-                }
-                // Still open on the server: its session has not seen the
-                // connection go. If it sits idle in that transaction, the
-                // COMMIT never arrived; ending the session makes the
-                // outcome final (aborted). One that is running the COMMIT
-                // is left to finish.
-                if let (Some(pid), false) = (backend_pid, terminated) {
-                    terminated = true;
-                    let xid32 = xid.rem_euclid(1 << 32);
-                    let _ = connection
-                        .simple_query(&format!(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                             WHERE pid = {pid} AND state = 'idle in transaction' \
-                             AND backend_xid::text = '{xid32}'"
-                        ))
-                        .await;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
-            }
-        };
-        match tokio::time::timeout_at(deadline, check).await {
-            Ok(resolved) => resolved,
-            Err(_) => Err(within(
-                "the server still reports it in progress or did not answer",
-            )),
-        }
-    }
 }
 
 /// What one attempt ended with, on its span: `db.operation.name` (the
@@ -633,37 +563,6 @@ fn record_attempt<T>(span: &Span, outcome: &Attempt<T>) {
         }
         (None, _) => {}
     }
-}
-
-impl Resolved {
-    fn as_label(self) -> &'static str {
-        match self {
-            Resolved::Committed => "committed",
-            Resolved::Aborted => "aborted",
-            Resolved::NoWrite => "no_write",
-        }
-    }
-}
-
-/// The first column of the first row of a simple query, as text.
-fn first_text(messages: &[SimpleQueryMessage]) -> Option<String> {
-    messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-        _ => None,
-    })
-}
-
-fn xid_and_pid(messages: &[SimpleQueryMessage]) -> (Option<i64>, Option<i32>) {
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some((
-                row.get(0).and_then(|v| v.parse().ok()),
-                row.get(1).and_then(|v| v.parse().ok()),
-            )),
-            _ => None,
-        })
-        .unwrap_or((None, None))
 }
 
 /// After the rollback that `error` caused: whether the closure may run

@@ -808,3 +808,161 @@ proptest! {
         prop_assert!(w.view().broken);
     }
 }
+
+/// One framed stream as [`Framer`] reports it, whatever the chunks: each
+/// message's kind and kept body, then where each stop fell.
+#[derive(Debug, PartialEq)]
+struct Framed {
+    messages: Vec<(u8, Vec<u8>)>,
+    /// Where in the stream each stop fell (the bytes consumed up to it).
+    stops: Vec<usize>,
+    at_boundary: bool,
+}
+
+/// Feeds `stream` in `chunks` (cycled; 0 means the whole rest) as the
+/// tap's writer does: untyped until `untyped` start-up messages have been
+/// read (each stops the feed, and the framer turns typed after the last),
+/// and a stop after every message whose index is in `stop_after`.
+fn frame(stream: &[u8], chunks: &[usize], untyped: usize, stop_after: &[usize]) -> Framed {
+    let mut framer = Framer::new(untyped == 0);
+    let mut framed = Framed {
+        messages: Vec::new(),
+        stops: Vec::new(),
+        at_boundary: true,
+    };
+    let mut seen_untyped = 0usize;
+    let mut offset = 0usize;
+    let mut chunk = 0usize;
+    while offset < stream.len() {
+        let size = match chunks.get(chunk % chunks.len().max(1)) {
+            Some(0) | None => stream.len() - offset,
+            Some(size) => (*size).min(stream.len() - offset),
+        };
+        chunk += 1;
+        let mut rest = &stream[offset..offset + size];
+        offset += size;
+        while !rest.is_empty() {
+            let messages = &mut framed.messages;
+            let mut stopped = false;
+            let used = framer.feed(rest, &mut |kind, body| {
+                messages.push((kind, body.to_vec()));
+                if kind == 0 {
+                    seen_untyped += 1;
+                    stopped = true;
+                    return false;
+                }
+                let stop = stop_after.contains(&(messages.len() - 1));
+                stopped = stop;
+                !stop
+            });
+            if stopped {
+                framed.stops.push(offset - rest.len() + used);
+            }
+            if seen_untyped == untyped {
+                framer.set_typed();
+            }
+            rest = &rest[used..];
+        }
+    }
+    framed.at_boundary = framer.at_boundary();
+    framed
+}
+
+/// A message body of `len` bytes, each byte telling where it is (so a body
+/// kept from the wrong offset shows).
+fn body_of(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn message_spec() -> impl Strategy<Value = (u8, usize, u8)> {
+    let kinds = proptest::sample::select(b"EZCDdcNASTRKQPBXHfGW1".to_vec());
+    let lengths = prop_oneof![
+        Just(0usize),
+        0usize..12,
+        250usize..262,
+        0usize..600,
+        4_000usize..70_000,
+    ];
+    (kinds, lengths, any::<u8>())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// The in-place reading of whole messages and the byte-by-byte reading
+    /// agree on every message, every kept body, every stop's byte count
+    /// and the final boundary, for any chunking: start-up messages untyped,
+    /// then typed messages of any kind and length (empty bodies, `E`
+    /// bodies around and past the 256 bytes kept, bodies larger than any
+    /// read), with and without a trailing partial message.
+    #[test]
+    fn reading_in_place_agrees_with_reading_byte_by_byte(
+        untyped in prop::collection::vec(0usize..40, 0..3),
+        specs in prop::collection::vec(message_spec(), 0..40),
+        chunks in prop::collection::vec(prop_oneof![0usize..1, 1usize..8, 1usize..600, 60_000usize..200_000], 1..20),
+        stop_after in prop::collection::vec(0usize..45, 0..6),
+        truncate in 0usize..40,
+    ) {
+        let mut stream = Vec::new();
+        for (i, len) in untyped.iter().enumerate() {
+            stream.extend_from_slice(&((len + 4) as u32).to_be_bytes());
+            stream.extend(body_of(*len, i as u8));
+        }
+        for (kind, len, seed) in &specs {
+            stream.extend(typed(*kind, &body_of(*len, *seed)));
+        }
+        stream.truncate(stream.len().saturating_sub(truncate));
+        let byte_by_byte = frame(&stream, &[1], untyped.len(), &stop_after);
+        let in_place = frame(&stream, &[0], untyped.len(), &stop_after);
+        let chunked = frame(&stream, &chunks, untyped.len(), &stop_after);
+        // The expected messages, straight from the specs.
+        let mut expected = Vec::new();
+        let mut end = 0usize;
+        let mut ends = vec![0usize];
+        for (i, len) in untyped.iter().enumerate() {
+            end += 4 + len;
+            ends.push(end);
+            if end <= stream.len() {
+                expected.push((0u8, body_of(*len, i as u8)[..(*len).min(4)].to_vec()));
+            }
+        }
+        for (kind, len, seed) in &specs {
+            end += 5 + len;
+            ends.push(end);
+            if end <= stream.len() {
+                let keep = if *kind == b'E' { 256 } else { 8 };
+                expected.push((*kind, body_of(*len, *seed)[..(*len).min(keep)].to_vec()));
+            }
+        }
+        prop_assert_eq!(&byte_by_byte.messages, &expected);
+        prop_assert_eq!(&in_place, &byte_by_byte);
+        prop_assert_eq!(&chunked.messages, &byte_by_byte.messages);
+        prop_assert_eq!(chunked.at_boundary, byte_by_byte.at_boundary);
+        prop_assert_eq!(in_place.at_boundary, ends.contains(&stream.len()));
+    }
+
+    /// Arbitrary bytes (lengths under 4, huge lengths, garbage): both
+    /// readings still agree, and neither panics.
+    #[test]
+    fn reading_in_place_agrees_on_arbitrary_bytes(
+        stream in prop::collection::vec(any::<u8>(), 0..200),
+        lengths in prop::collection::vec((any::<u8>(), 0u32..12), 0..20),
+        chunks in prop::collection::vec(0usize..20, 1..10),
+        untyped in 0usize..2,
+    ) {
+        // Short length fields (0..=11: under 4 is malformed) spliced in.
+        let mut stream = stream;
+        for (kind, length) in lengths {
+            stream.push(kind);
+            stream.extend_from_slice(&length.to_be_bytes());
+        }
+        let byte_by_byte = frame(&stream, &[1], untyped, &[]);
+        let in_place = frame(&stream, &[0], untyped, &[]);
+        let chunked = frame(&stream, &chunks, untyped, &[]);
+        prop_assert_eq!(&in_place, &byte_by_byte);
+        prop_assert_eq!(&chunked.messages, &byte_by_byte.messages);
+        prop_assert_eq!(chunked.at_boundary, byte_by_byte.at_boundary);
+    }
+}

@@ -287,6 +287,28 @@ async fn every_reply_shape_leaves_a_clean_session_reused_as_is() {
             assert_eq!(lengths, (0..16).map(|i| 1 + i * 70_001).collect::<Vec<_>>());
         });
 
+        step!("a 4 MB parameter and a 1 MB query text", 0, {
+            let c = checkout(m).await;
+            let big = "k".repeat(4_000_000);
+            let n: i32 = c
+                .query_one("SELECT length($1::text)", &[&big])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 4_000_000);
+            c.batch_execute(&format!("SELECT '{}'", "t".repeat(1_000_000)))
+                .await
+                .unwrap();
+        });
+        step!("BEGIN, a write with a 4 MB parameter, then returned", 1, {
+            let c = checkout(m).await;
+            c.batch_execute("BEGIN").await.unwrap();
+            let big = "k".repeat(4_000_000);
+            c.execute("INSERT INTO sink VALUES (-1, $1)", &[&big])
+                .await
+                .unwrap();
+        });
+
         // Left inside a transaction after large replies: rolled back.
         step!("BEGIN, a write and a 2 MB row, then returned", 1, {
             let c = checkout(m).await;

@@ -30,14 +30,22 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Names {
 
 impl Names {
     fn count(&self, name: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|n| **n == name).count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n == name)
+            .count()
     }
 }
 
 /// One checkout and one multiplexed statement; the spans they made, as
 /// (acquire, query) counts.
 async fn exercise(manager: &DatabaseManager, names: &Names) -> (usize, usize) {
-    let before = (names.count("dbmanager.acquire"), names.count("dbmanager.query"));
+    let before = (
+        names.count("dbmanager.acquire"),
+        names.count("dbmanager.query"),
+    );
     let pool = manager.postgres().unwrap();
     let client = pool.get().await.unwrap();
     client.query_one("SELECT 1", &[]).await.unwrap();
@@ -60,7 +68,11 @@ fn install(subscriber: impl Subscriber + Send + Sync + 'static) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_filter_dbmanager_info_records_both_spans() {
     let names = Names::default();
-    install(Registry::default().with(names.clone()).with(EnvFilter::new("dbmanager=info")));
+    install(
+        Registry::default()
+            .with(names.clone())
+            .with(EnvFilter::new("dbmanager=info")),
+    );
     let db = TestDb::create("tf_info").await;
     let manager = manager(&db).await;
     assert_eq!(exercise(&manager, &names).await, (1, 1));
@@ -100,7 +112,11 @@ async fn a_subscriber_installed_after_the_manager_was_used_records_both_spans() 
     let db = TestDb::create("tf_after").await;
     let manager = manager(&db).await;
     assert_eq!(exercise(&manager, &names).await, (0, 0));
-    install(Registry::default().with(names.clone()).with(EnvFilter::new("dbmanager=info")));
+    install(
+        Registry::default()
+            .with(names.clone())
+            .with(EnvFilter::new("dbmanager=info")),
+    );
     assert_eq!(exercise(&manager, &names).await, (1, 1));
 }
 
@@ -140,11 +156,9 @@ async fn a_per_layer_targets_filter_records_both_spans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_filter_by_span_name_records_the_named_spans() {
     let names = Names::default();
-    install(
-        Registry::default()
-            .with(names.clone())
-            .with(EnvFilter::new("warn,[dbmanager.acquire]=info,[dbmanager.query]=info")),
-    );
+    install(Registry::default().with(names.clone()).with(EnvFilter::new(
+        "warn,[dbmanager.acquire]=info,[dbmanager.query]=info",
+    )));
     let db = TestDb::create("tf_spanname").await;
     let manager = manager(&db).await;
     assert_eq!(exercise(&manager, &names).await, (1, 1));
@@ -168,9 +182,11 @@ async fn env_filter_by_span_field_records_the_spans_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_layer_filter_by_span_name_records_the_named_spans() {
     let names = Names::default();
-    install(Registry::default().with(names.clone().with_filter(filter_fn(|meta| {
-        meta.is_span() && matches!(meta.name(), "dbmanager.acquire" | "dbmanager.query")
-    }))));
+    install(
+        Registry::default().with(names.clone().with_filter(filter_fn(|meta| {
+            meta.is_span() && matches!(meta.name(), "dbmanager.acquire" | "dbmanager.query")
+        }))),
+    );
     let db = TestDb::create("tf_fnname").await;
     let manager = manager(&db).await;
     assert_eq!(exercise(&manager, &names).await, (1, 1));
@@ -181,8 +197,13 @@ async fn a_per_layer_filter_by_span_name_records_the_named_spans() {
 #[test]
 fn a_scoped_subscriber_records_both_spans() {
     let names = Names::default();
-    let subscriber = Registry::default().with(names.clone()).with(EnvFilter::new("dbmanager=info"));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let subscriber = Registry::default()
+        .with(names.clone())
+        .with(EnvFilter::new("dbmanager=info"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let db = TestDb::create("tf_scoped").await;
         let manager = manager(&db).await;

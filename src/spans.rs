@@ -14,6 +14,18 @@ use tracing::Span;
 
 use crate::error::Error;
 
+/// Whether any subscriber may record an INFO span at all: the static and
+/// current maximum levels, which are plain loads. The per-call spans (a
+/// checkout, a multiplexed statement) are skipped without being built when
+/// this is false, the usual case without tracing; otherwise the span is
+/// built and its own interest decides (a subscriber may select spans by
+/// name, target or field, which only the span's own callsite answers).
+#[cfg(feature = "postgres")]
+pub(crate) fn info_spans_possible() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    tracing::Level::INFO <= STATIC_MAX_LEVEL && tracing::Level::INFO <= LevelFilter::current()
+}
+
 /// `db.system.name` of PostgreSQL.
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRESQL: &str = "postgresql";

@@ -191,24 +191,3 @@ async fn a_per_layer_filter_by_span_name_records_the_named_spans() {
     let manager = manager(&db).await;
     assert_eq!(exercise(&manager, &names).await, (1, 1));
 }
-
-/// A subscriber set for a scope only (`with_default`), on a
-/// current-thread runtime, while none is global.
-#[test]
-fn a_scoped_subscriber_records_both_spans() {
-    let names = Names::default();
-    let subscriber = Registry::default()
-        .with(names.clone())
-        .with(EnvFilter::new("dbmanager=info"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let db = TestDb::create("tf_scoped").await;
-        let manager = manager(&db).await;
-        assert_eq!(exercise(&manager, &names).await, (0, 0));
-        let _guard = subscriber::set_default(subscriber);
-        assert_eq!(exercise(&manager, &names).await, (1, 1));
-    });
-}

@@ -233,12 +233,15 @@ impl Multiplexed {
     where
         S: MultiplexSql + ?Sized,
     {
-        // As for a checkout's span: nothing built when no subscriber
-        // records it.
-        if !tracing::span_enabled!(target: "dbmanager::postgres", tracing::Level::INFO) {
+        // As for a checkout's span: not built without an INFO subscriber,
+        // not entered when its subscriber does not record it.
+        if !crate::spans::info_spans_possible() {
             return self.run_within(statement, call).await;
         }
         let span = self.statement_span(statement.sql());
+        if span.is_disabled() {
+            return self.run_within(statement, call).await;
+        }
         let result = self
             .run_within(statement, call)
             .instrument(span.clone())
